@@ -1,0 +1,46 @@
+"""The canon's default transitions, each driven by a chat model (and a text-to-image tool)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worldgen.agents.architect import Architect, parse_generation_config
+from worldgen.agents.author import Author
+from worldgen.agents.base import ModelOutputError, ask_json, ask_text, extract_json
+from worldgen.agents.creator import Creator
+from worldgen.agents.development import Development
+from worldgen.agents.philosopher import Philosopher
+from worldgen.agents.world_update import WorldUpdate, extract_entities
+
+__all__ = [
+    "Architect",
+    "Author",
+    "Creator",
+    "Development",
+    "ModelOutputError",
+    "Philosopher",
+    "WorldUpdate",
+    "ask_json",
+    "ask_text",
+    "canon_stages",
+    "extract_entities",
+    "extract_json",
+    "parse_generation_config",
+]
+
+
+def canon_stages(*, llm: Any = "local", text_to_image: Any = "procedural") -> dict[str, Any]:
+    """The six default transition implementations for one chat model and one renderer."""
+    from worldgen.chat_models import resolve_chat_model
+    from worldgen.tools.text_to_image import resolve_text_to_image
+
+    model = resolve_chat_model(llm)
+    renderer = resolve_text_to_image(text_to_image)
+    return {
+        "philosopher": Philosopher(model),
+        "author": Author(model),
+        "world_update": WorldUpdate(),
+        "development": Development(model),
+        "architect": Architect(model),
+        "creator": Creator(model, renderer),
+    }

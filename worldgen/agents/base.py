@@ -1,0 +1,164 @@
+"""Asking a chat model for text or JSON, with bounded retries.
+
+A small or misbehaving model may return nothing, or prose where JSON was asked. The canon's
+transitions must not crash a pass on that: they re-ask with the problem spelled out, a
+bounded number of times, then raise ModelOutputError naming the transition (the world turns
+it into a TransitionError and keeps its state at the last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+__all__ = ["ModelOutputError", "ask_json", "ask_text", "extract_json", "message_text"]
+
+T = TypeVar("T")
+DEFAULT_ATTEMPTS = 3
+
+
+class ModelOutputError(ValueError):
+    """The chat model kept returning unusable output."""
+
+
+def message_text(message: BaseMessage | str) -> str:
+    """The text of a reply, whatever content-block shape the provider used."""
+    if isinstance(message, str):
+        return message
+    content = message.content
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+    return "".join(parts)
+
+
+_THINK = re.compile(r"<think>.*?</think>", re.S)
+_PREAMBLE = re.compile(r"^(sure|certainly|of course|okay|ok)[,!.:]?\s+(here( is|'s)[^:\n]*:\s*)?", re.I)
+
+
+def _clean(text: str) -> str:
+    text = _THINK.sub("", text).strip()
+    text = _PREAMBLE.sub("", text).strip()
+    return text.strip().strip('"').strip()
+
+
+def ask_text(
+    llm: BaseChatModel,
+    transition: str,
+    system: str,
+    user: str | list[Any],
+    *,
+    attempts: int = DEFAULT_ATTEMPTS,
+    min_chars: int = 2,
+) -> str:
+    """Ask for prose; re-ask when the reply is empty."""
+    messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(user)]
+    for _ in range(attempts):
+        reply = llm.invoke(messages)
+        text = _clean(message_text(reply))
+        if len(text) >= min_chars:
+            return text
+        messages += [AIMessage(message_text(reply) or "(empty)"),
+                     HumanMessage("Your reply was empty. Answer in one to three sentences.")]
+    raise ModelOutputError(f"{transition}: the chat model returned an empty reply {attempts} times")
+
+
+def ask_json(
+    llm: BaseChatModel,
+    transition: str,
+    system: str,
+    user: str,
+    validate: Callable[[Any], T],
+    *,
+    attempts: int = DEFAULT_ATTEMPTS,
+) -> T:
+    """Ask for JSON; repair what can be repaired, re-ask with the error otherwise.
+
+    ``validate`` turns parsed JSON into the result or raises ValueError saying what is wrong.
+    """
+    model = llm.bind(response_format={"type": "json_object"})
+    messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(user)]
+    problem = ""
+    for _ in range(attempts):
+        raw = message_text(model.invoke(messages))
+        try:
+            return validate(extract_json(raw))
+        except ValueError as exc:
+            problem = str(exc)
+        messages += [
+            AIMessage(raw or "(empty)"),
+            HumanMessage(f"That was not usable: {problem}. Reply again with the JSON object only."),
+        ]
+    raise ModelOutputError(
+        f"{transition}: the chat model did not return valid JSON after {attempts} attempts (last problem: {problem})"
+    )
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+
+
+def extract_json(text: str) -> Any:
+    """Parse JSON from a model's reply: strip fences and prose, fix common slips."""
+    if not text or not text.strip():
+        raise ValueError("the reply is empty")
+    fenced = _FENCE.search(text)
+    if fenced:
+        text = fenced.group(1)
+    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
+    if start < 0:
+        raise ValueError("the reply contains no JSON object")
+    candidate = text[start:]
+    for attempt in (candidate, _repair(candidate)):
+        try:
+            value, _ = json.JSONDecoder().raw_decode(attempt)
+            return value
+        except ValueError:
+            continue
+    raise ValueError("the reply is not valid JSON")
+
+
+def _repair(text: str) -> str:
+    """Fix trailing commas, smart quotes and unclosed brackets: the usual small-model slips."""
+    text = text.replace("\u201c", '"').replace("\u201d", '"').replace("\u2019", "'")
+    if '"' not in text:
+        text = text.replace("'", '"')
+    text = re.sub(r",\s*([}\]])", r"\1", text)
+    stack: list[str] = []
+    in_string = escaped = False
+    end = len(text)
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            continue
+        if ch == '"':
+            in_string = True
+        elif ch in "{[":
+            stack.append("}" if ch == "{" else "]")
+        elif ch in "}]":
+            if not stack:
+                end = i
+                break
+            stack.pop()
+            if not stack:
+                end = i + 1
+                break
+    text = text[:end]
+    if in_string:
+        text += '"'
+    text = re.sub(r",\s*$", "", text)
+    return text + "".join(reversed(stack))

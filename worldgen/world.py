@@ -1,0 +1,558 @@
+"""The world: the canonical cycle of five transitions as one cyclic LangGraph StateGraph.
+
+Philosopher → Author → World update → Development → Architect → Creator → … Each
+transition is a node; its execution condition is data (``Condition``) compiled into the
+conditional edges, so a skipped transition costs no superstep. The node that runs before a
+skip records the skip in the trace (the routing is a pure function of the state, so the node
+and its edge agree on where the graph goes next).
+
+Persistence (ARCHITECTURE.md §4): ``checkpoints.sqlite`` (SqliteSaver) holds the current
+state and resumes a crashed run; ``store.sqlite`` (SqliteStore) holds the world's content;
+``states/`` one JSON snapshot per World update; ``artifacts/`` the files; ``world.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypedDict
+
+import yaml
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.store.base import BaseStore
+from langgraph.store.sqlite import SqliteStore
+from langgraph.types import Overwrite, RetryPolicy
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from worldgen.artifacts import ArtifactStore, check_name
+from worldgen.content import ContentSnapshot, InitialWorld, WorldContent
+from worldgen.stage import CYCLE, Condition, Stage, StageImpl, TransitionError
+from worldgen.state import BLOCK_NUMBERS, BLOCK_TYPES, StateError, WorldState, block_key
+
+__all__ = ["TraceEvent", "World", "WorldConfig", "WorldResult", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+_INDEX = {t: i for i, t in enumerate(CYCLE)}
+_BLOCK_KEYS = tuple(block_key(n) for n in BLOCK_NUMBERS)
+
+
+# --------------------------------------------------------------------------------------
+# graph state
+# --------------------------------------------------------------------------------------
+def _append(old: list[dict[str, Any]] | None, new: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    return [*(old or []), *(new or [])]
+
+
+class WorldInput(TypedDict, total=False):
+    """What a caller (World.invoke, Studio, the server) sends into a run."""
+
+    block1: Any
+    block2: Any
+    block3: Any
+    block4: Any
+    block5: Any
+    action: str | None
+    num_steps: int | None
+
+
+class WorldChannels(WorldInput, total=False):
+    """The world graph's state: the blocks plus control channels.
+
+    ``passes`` is this run's pass count, ``cursor`` the (pass, cycle index) of the last
+    transition that ran, ``episode`` the number of World updates so far on this thread and
+    ``trace`` this run's transition events.
+    """
+
+    passes: int
+    cursor: list[int]
+    episode: int
+    trace: Annotated[list[dict[str, Any]], _append]
+
+
+# --------------------------------------------------------------------------------------
+# public result types and config
+# --------------------------------------------------------------------------------------
+class TraceEvent(BaseModel):
+    """One transition in one pass: it ran or was skipped, and why."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    pass_index: int = Field(alias="pass")
+    transition: Literal["philosopher", "author", "world_update", "development", "architect", "creator"]
+    status: Literal["ran", "skipped"]
+    reason: str = ""
+    snapshot: str | None = None
+
+
+class WorldResult(BaseModel):
+    """What ``World.invoke`` returns."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    state: WorldState
+    trace: list[TraceEvent]
+    snapshots: list[Path]
+    thread_id: str
+
+    def ran(self) -> list[str]:
+        """The transitions that ran, in order."""
+        return [e.transition for e in self.trace if e.status == "ran"]
+
+
+class StorageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state_dir: str = "states"
+
+
+class WorldConfig(BaseModel):
+    """``world.yaml``: how to rebuild the world. Never holds secrets (models by name only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    world_id: str = "world"
+    template: str = "canon"
+    description: str = ""
+    llm: str | None = "local"
+    text_to_image: str | None = "procedural"
+    initial_world: InitialWorld = Field(default_factory=InitialWorld)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> WorldConfig:
+        """Read and validate a YAML or JSON world config, naming the bad key."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a world config is a mapping, got {type(data).__name__}")
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise ValueError(
+                f"{path}: schema_version {version} is not supported (this worldgen reads {SCHEMA_VERSION})"
+            )
+        try:
+            config = cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"{path}: {problems}") from exc
+        check_name(config.world_id, "world id")
+        return config
+
+    def dump(self, path: str | os.PathLike[str]) -> None:
+        _atomic_write(Path(path), yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------
+# the world
+# --------------------------------------------------------------------------------------
+class World:
+    """A world rooted in a folder: ``invoke`` runs passes of the canonical cycle.
+
+    Build one with ``World.from_template("canon", root=..., llm=...)`` or reopen one with
+    ``World.open(root)``; any transition can be replaced with ``stages={...}``.
+    """
+
+    def __init__(
+        self,
+        stages: Mapping[str, Stage | StageImpl],
+        *,
+        root: str | os.PathLike[str] | None = None,
+        config: WorldConfig | None = None,
+        checkpointer: BaseCheckpointSaver | None | Literal[False] = None,
+        store: BaseStore | None = None,
+    ):
+        self.config = config or WorldConfig()
+        check_name(self.config.world_id, "world id")
+        missing = [t for t in CYCLE if t not in stages]
+        unknown = [t for t in stages if t not in _INDEX]
+        if unknown:
+            raise ValueError(f"unknown transition {', '.join(unknown)}: expected {', '.join(CYCLE)}")
+        if missing:
+            raise ValueError(f"the world needs a stage for {', '.join(missing)}")
+        self.stages: dict[str, Stage] = {t: Stage.coerce(t, stages[t]) for t in CYCLE}
+        self._conditions: dict[str, Condition] = {t: s.condition for t, s in self.stages.items()}
+        self.root = Path(root) if root is not None else Path("worlds") / self.config.world_id
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.artifacts = ArtifactStore(self.root)
+        self._conns: list[sqlite3.Connection] = []
+        if store is None:
+            store = SqliteStore(self._connect("store.sqlite"))
+            store.setup()
+        self.store = store
+        if checkpointer is None:
+            checkpointer = SqliteSaver(self._connect("checkpoints.sqlite"))
+        self.content_view = WorldContent(self.store, self.config.world_id, self.artifacts)
+        self.content_view.seed(self.config.initial_world)
+        self._write_config()
+        self.graph: CompiledStateGraph = self.compile(checkpointer=checkpointer or None, store=self.store)
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_template(
+        cls,
+        name: str = "canon",
+        *,
+        root: str | os.PathLike[str] | None = None,
+        world_id: str | None = None,
+        llm: Any = "local",
+        text_to_image: Any = "procedural",
+        stages: Mapping[str, Stage | StageImpl] | None = None,
+        initial_world: InitialWorld | Mapping[str, Any] | None = None,
+        description: str = "",
+    ) -> World:
+        """The canon world, its six transitions driven by ``llm`` unless given in ``stages``."""
+        if name not in ("canon", "canon_2.0"):
+            raise ValueError(f"unknown world template {name!r}: available: canon")
+        if root is not None and world_id is None and (Path(root) / "world.yaml").exists():
+            previous = WorldConfig.load(Path(root) / "world.yaml")
+            world_id = previous.world_id
+            initial_world = initial_world if initial_world is not None else previous.initial_world
+        config = WorldConfig(
+            world_id=world_id or (Path(root).name if root is not None else "world"),
+            template="canon",
+            description=description,
+            llm=llm if isinstance(llm, str) or llm is None else None,
+            text_to_image=text_to_image if isinstance(text_to_image, str) or text_to_image is None else None,
+            initial_world=InitialWorld.model_validate(initial_world or {}),
+        )
+        return cls(_canon_stages(llm, text_to_image, stages or {}), root=root, config=config)
+
+    @classmethod
+    def open(
+        cls,
+        root: str | os.PathLike[str],
+        *,
+        llm: Any = None,
+        text_to_image: Any = None,
+        stages: Mapping[str, Stage | StageImpl] | None = None,
+    ) -> World:
+        """Reopen a world from its root; it continues where it stopped."""
+        path = Path(root) / "world.yaml"
+        if not path.exists():
+            raise FileNotFoundError(f"{root}: no world.yaml here; create a world with World.from_template")
+        config = WorldConfig.load(path)
+        llm = llm if llm is not None else config.llm
+        t2i = text_to_image if text_to_image is not None else config.text_to_image
+        config = config.model_copy(
+            update={
+                "llm": llm if isinstance(llm, str) or llm is None else None,
+                "text_to_image": t2i if isinstance(t2i, str) or t2i is None else None,
+            }
+        )
+        return cls(_canon_stages(llm, t2i, stages or {}), root=root, config=config)
+
+    def compile(
+        self, *, checkpointer: BaseCheckpointSaver | None = None, store: BaseStore | None = None
+    ) -> CompiledStateGraph:
+        """The world as a compiled LangGraph graph (the server passes its own storage)."""
+        builder = StateGraph(WorldChannels, input_schema=WorldInput)
+        builder.add_node("intake", self._intake_node)
+        builder.add_edge(START, "intake")
+        targets = [*CYCLE, END]
+        builder.add_conditional_edges("intake", self._next_target, targets)
+        retry = RetryPolicy(max_attempts=3, retry_on=_is_retryable)
+        for t in CYCLE:
+            builder.add_node(t, self._transition_node(t), retry_policy=retry)
+            builder.add_conditional_edges(t, self._next_target, targets)
+        return builder.compile(checkpointer=checkpointer, store=store, name=f"world:{self.config.world_id}")
+
+    # -- running --------------------------------------------------------------------------
+    def invoke(
+        self,
+        state: WorldState | Mapping[str, Any] | None = None,
+        action: str | None = None,
+        *,
+        num_steps: int = 1,
+        thread_id: str | None = None,
+    ) -> WorldResult:
+        """Run ``num_steps`` passes and return the final state, the trace and new snapshots.
+
+        ``state=None`` continues the world's current state (a crashed run is resumed first);
+        an explicit state replaces it. ``action`` reaches Development only, on the first pass.
+        """
+        thread = thread_id or "main"
+        trace = list(self.stream(state, action, num_steps=num_steps, thread_id=thread))
+        return WorldResult(
+            state=self.current_state(thread),
+            trace=trace,
+            snapshots=[self.root / e.snapshot for e in trace if e.snapshot],
+            thread_id=thread,
+        )
+
+    run = invoke
+
+    def stream(
+        self,
+        state: WorldState | Mapping[str, Any] | None = None,
+        action: str | None = None,
+        *,
+        num_steps: int = 1,
+        thread_id: str | None = None,
+    ) -> Iterator[TraceEvent]:
+        """Yield trace events as the transitions run."""
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+        if action is not None and not isinstance(action, str):
+            raise TypeError(f"action must be a string or None, got {type(action).__name__}")
+        cfg = self._run_config(thread_id)
+        parsed = None if state is None else WorldState.parse(state)  # fail before persisting
+        inputs: dict[str, Any] | None
+        if parsed is None and action is None and self.graph.get_state(cfg).next:
+            inputs = None  # an interrupted run: finish it from its last checkpoint
+        else:
+            inputs = {"num_steps": num_steps, "action": action}
+            if parsed is not None:
+                inputs.update(parsed.to_channels())
+        for chunk in self.graph.stream(inputs, cfg, stream_mode="updates", durability="sync"):
+            for update in chunk.values():
+                if not isinstance(update, Mapping):
+                    continue
+                events = update.get("trace") or []
+                if isinstance(events, Overwrite):
+                    events = events.value
+                for e in events:
+                    yield TraceEvent.model_validate(e)
+
+    def resume(self, thread_id: str | None = None) -> WorldResult:
+        """Finish a run that was interrupted (by a crash or a kill) from its last checkpoint."""
+        return self.invoke(None, None, thread_id=thread_id)
+
+    # -- reading --------------------------------------------------------------------------
+    def current_state(self, thread_id: str | None = None) -> WorldState:
+        values = self.graph.get_state(self._run_config(thread_id)).values
+        return WorldState.from_channels(values)
+
+    @property
+    def state(self) -> WorldState:
+        return self.current_state()
+
+    @property
+    def content(self) -> ContentSnapshot:
+        """Everything in the world's content store (chronicle, entities, glossary, …)."""
+        return self.content_view.snapshot()
+
+    @property
+    def world_id(self) -> str:
+        return self.config.world_id
+
+    @property
+    def states_dir(self) -> Path:
+        return self.root / self.config.storage.state_dir
+
+    def snapshots(self) -> list[Path]:
+        """Every snapshot World update has written, oldest first."""
+        return sorted(self.states_dir.glob("*.json")) if self.states_dir.exists() else []
+
+    def close(self) -> None:
+        for conn in self._conns:
+            conn.close()
+        self._conns.clear()
+
+    def __enter__(self) -> World:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------
+    def _connect(self, name: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.root / name, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        self._conns.append(conn)
+        return conn
+
+    def _write_config(self) -> None:
+        self.config.dump(self.root / "world.yaml")
+
+    def _run_config(self, thread_id: str | None) -> RunnableConfig:
+        thread = check_name(thread_id or "main", "thread id")
+        return {"configurable": {"thread_id": thread}, "recursion_limit": 10_000}
+
+    def _content(self, store: BaseStore | None) -> WorldContent:
+        if store is None or store is self.store:
+            return self.content_view
+        return WorldContent(store, self.config.world_id, self.artifacts)
+
+    def _next_target(self, state: Mapping[str, Any]) -> str:
+        cursor = tuple(state.get("cursor") or (1, -1))
+        return _route(state, cursor, state.get("passes") or 1, self._conditions)[1]
+
+    def _intake_node(self, state: WorldChannels) -> dict[str, Any]:
+        """Normalise this run's input: coerce blocks, reset the trace, set the pass count."""
+        try:
+            parsed = WorldState.from_channels(state)
+        except StateError as exc:
+            raise TransitionError("intake", str(exc)) from exc
+        update: dict[str, Any] = {}
+        for key, value in parsed.to_channels().items():
+            value = self._materialise(value) if key == "block3" else value
+            if value != state.get(key):
+                update[key] = value
+        num_steps = state.get("num_steps") or 1
+        update.update(num_steps=None, passes=num_steps, cursor=[1, -1])
+        merged = {**state, **update}
+        update["trace"] = Overwrite(_route(merged, (1, -1), num_steps, self._conditions)[0])
+        return update
+
+    def _materialise(self, block3: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not block3 or not any(item.get("inline") is not None for item in block3["items"]):
+            return block3
+        artifacts = BLOCK_TYPES[3].model_validate(block3)
+        artifacts.items = [self.artifacts.materialise(ref) for ref in artifacts.items]
+        return artifacts.model_dump(mode="json")
+
+    def _transition_node(self, transition: str):
+        stage = self.stages[transition]
+        index = _INDEX[transition]
+        is_development = transition == "development"
+        is_update = transition == "world_update"
+        world = self
+
+        def node(state: WorldChannels, config: RunnableConfig, store: BaseStore) -> dict[str, Any]:
+            last_pass, last_index = state.get("cursor") or (1, -1)
+            position = (last_pass if index > last_index else last_pass + 1, index)
+            inputs: dict[str, Any] = {key: state.get(key) for key in stage.input_keys()}
+            inputs["action"] = state.get("action") if is_development else None
+            inputs["world"] = world._content(store)
+            if is_update:
+                episode = (state.get("episode") or 0) + 1
+                inputs["episode"] = episode
+                inputs["episode_key"] = world._episode_key(episode, config)
+            try:
+                result = stage.invoke(inputs, config) or {}
+            except TransitionError:
+                raise
+            except Exception as exc:
+                raise TransitionError(transition, f"{type(exc).__name__}: {exc}") from exc
+            if not isinstance(result, Mapping):
+                raise TransitionError(transition, f"must return a dict of blocks, got {type(result).__name__}")
+            update = {key: _coerce_block(transition, n, result.get(key)) for n in stage.writes
+                      if (key := block_key(n)) in result}
+            event: dict[str, Any] = {"pass": position[0], "transition": transition, "status": "ran",
+                                     "reason": stage.condition.check(_filled(state))[1]}
+            if is_development:
+                if not update.get("block1"):
+                    raise TransitionError(transition, "must return a non-empty block1 (the next intent)")
+                update.update({k: None for k in _BLOCK_KEYS[1:]}, action=None)
+                event["reason"] = "starts a new state from the world" + (
+                    " and the action" if state.get("action") else ""
+                )
+            if is_update:
+                event["snapshot"] = world._write_snapshot(state, episode, inputs["episode_key"], config, position[0])
+                update["episode"] = episode
+                event["reason"] = "state is full: applied to the world and saved"
+            update["cursor"] = list(position)
+            merged = {**state, **update}
+            update["trace"] = [event, *_route(merged, position, state.get("passes") or 1, world._conditions)[0]]
+            return update
+
+        node.__name__ = transition
+        return node
+
+    def _episode_key(self, episode: int, config: RunnableConfig) -> str:
+        thread = str(config.get("configurable", {}).get("thread_id", "main"))
+        return f"{episode:06d}" if thread == "main" else f"{check_name(thread, 'thread id')}-{episode:06d}"
+
+    def _write_snapshot(
+        self, state: Mapping[str, Any], episode: int, key: str, config: RunnableConfig, pass_index: int
+    ) -> str:
+        """The canon's "state saved to a directory": one JSON file per World update.
+
+        The name comes from the checkpointed episode counter, so a transition re-run after
+        a crash overwrites its own snapshot instead of adding a second one.
+        """
+        thread = config.get("configurable", {}).get("thread_id", "main")
+        rel = Path(self.config.storage.state_dir) / f"{key}.json"
+        doc = {
+            "world_id": self.config.world_id,
+            "thread_id": thread,
+            "episode": episode,
+            "pass": pass_index,
+            "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "state": {key: state.get(key) for key in _BLOCK_KEYS},
+        }
+        _atomic_write(self.root / rel, json.dumps(doc, indent=2, ensure_ascii=False))
+        return rel.as_posix()
+
+
+# --------------------------------------------------------------------------------------
+# routing: a pure function of the state, shared by the nodes and the conditional edges
+# --------------------------------------------------------------------------------------
+def _filled(state: Mapping[str, Any]) -> set[int]:
+    # the world keeps a block channel None unless it holds a filled block
+    return {n for n, key in zip(BLOCK_NUMBERS, _BLOCK_KEYS) if state.get(key)}
+
+
+def _route(
+    state: Mapping[str, Any], cursor: tuple[int, int] | list[int], passes: int, conditions: Mapping[str, Condition]
+) -> tuple[list[dict[str, Any]], str]:
+    """From the last transition that ran, the skips before the next one, and the next one."""
+    filled = _filled(state)
+    pass_index, index = cursor
+    skipped: list[dict[str, Any]] = []
+    while True:
+        index += 1
+        if index == len(CYCLE):
+            pass_index, index = pass_index + 1, 0
+        if pass_index > passes:
+            return skipped, END
+        transition = CYCLE[index]
+        ok, reason = conditions[transition].check(filled)
+        if ok:
+            return skipped, transition
+        if transition == "world_update":
+            reason = f"state is not full ({reason}): dropped"
+        skipped.append({"pass": pass_index, "transition": transition, "status": "skipped", "reason": reason})
+
+
+
+
+def _coerce_block(transition: str, n: int, value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    model = BLOCK_TYPES[n]
+    try:
+        block = value if isinstance(value, model) else model.model_validate(value)
+    except ValidationError as exc:
+        raise TransitionError(transition, f"returned an invalid block{n}: {exc.errors()[0]['msg']}") from exc
+    return block.model_dump(mode="json") if block.filled() else None
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    from worldgen.agents.base import ModelOutputError
+
+    return isinstance(exc, TransitionError) and isinstance(exc.__cause__, ModelOutputError)
+
+
+def _canon_stages(llm: Any, text_to_image: Any, overrides: Mapping[str, Stage | StageImpl]) -> dict[str, Stage | StageImpl]:
+    unknown = [t for t in overrides if t not in _INDEX]
+    if unknown:
+        raise ValueError(f"unknown transition {', '.join(unknown)}: expected {', '.join(CYCLE)}")
+    if all(t in overrides for t in CYCLE):
+        return dict(overrides)
+    from worldgen.agents import canon_stages
+
+    return {**canon_stages(llm=llm, text_to_image=text_to_image), **overrides}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
