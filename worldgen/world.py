@@ -223,7 +223,7 @@ class World:
             world_id = previous.world_id
             initial_world = initial_world if initial_world is not None else previous.initial_world
         config = WorldConfig(
-            world_id=world_id or (Path(root).name if root is not None else "world"),
+            world_id=world_id if world_id is not None else (Path(root).name if root is not None else "world"),
             template="canon",
             description=description,
             llm=llm if isinstance(llm, str) or llm is None else None,

@@ -1,0 +1,89 @@
+"""Shared fixtures: scripted stages that log their calls, and scripted chat models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+
+from worldgen import World
+
+CYCLE = ("philosopher", "author", "world_update", "development", "architect", "creator")
+
+
+class ScriptedChat(FakeMessagesListChatModel):
+    """A fake chat model replying from a script; records what it was asked."""
+
+    seen: list[list[BaseMessage]] = []
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedChat:  # drives ToolNode loops
+        return self
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):  # type: ignore[override]
+        self.seen.append(list(messages))
+        return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+
+def scripted_chat(*replies: str) -> ScriptedChat:
+    return ScriptedChat(responses=[AIMessage(r) for r in replies], seen=[])
+
+
+class CallLog:
+    """Scripted transitions: each records its input and returns a fixed block."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+    def inputs(self, name: str) -> list[dict[str, Any]]:
+        return [inp for n, inp in self.calls if n == name]
+
+    def stage(self, name: str, result: Callable[[dict[str, Any]], dict[str, Any]]):
+        def run(state: dict[str, Any]) -> dict[str, Any]:
+            self.calls.append((name, dict(state)))
+            return result(state)
+
+        run.__name__ = name
+        return run
+
+    def stages(self) -> dict[str, Any]:
+        counter = {"n": 0}
+
+        def development(state: dict[str, Any]) -> dict[str, Any]:
+            counter["n"] += 1
+            return {"block1": f"intent {counter['n']}"}
+
+        return {
+            "philosopher": self.stage("philosopher", lambda s: {"block4": "described"}),
+            "author": self.stage("author", lambda s: {"block5": "it happened"}),
+            "world_update": self.stage("world_update", lambda s: {}),
+            "development": self.stage("development", development),
+            "architect": self.stage("architect", lambda s: {"block2": "draw it"}),
+            "creator": self.stage("creator", lambda s: {"block3": "made it"}),
+        }
+
+
+@pytest.fixture
+def log() -> CallLog:
+    return CallLog()
+
+
+@pytest.fixture
+def make_world(tmp_path: Path, log: CallLog):
+    worlds: list[World] = []
+
+    def make(root: Path | None = None, **overrides: Any) -> World:
+        stages = {**log.stages(), **overrides}
+        world = World.from_template("canon", root=root or tmp_path / "w", stages=stages)
+        worlds.append(world)
+        return world
+
+    yield make
+    for w in worlds:
+        w.close()
