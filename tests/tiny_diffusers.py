@@ -95,7 +95,7 @@ def build_tiny_stable_diffusion(folder: str | Path) -> Path:
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        scheduler=DDIMScheduler(),
+        scheduler=DDIMScheduler(clip_sample=False, steps_offset=1),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

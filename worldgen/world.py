@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,6 +92,8 @@ class TraceEvent(BaseModel):
     status: Literal["ran", "skipped"]
     reason: str = ""
     snapshot: str | None = None
+    #: wall time of the transition (0 for a skip)
+    seconds: float = 0.0
 
 
 class WorldResult(BaseModel):
@@ -312,7 +315,7 @@ class World:
         cfg = self._run_config(thread_id)
         parsed = None if state is None else WorldState.parse(state)  # fail before persisting
         inputs: dict[str, Any] | None
-        if parsed is None and action is None and self.graph.get_state(cfg).next:
+        if parsed is None and action is None and self.interrupted(thread_id):
             inputs = None  # an interrupted run: finish it from its last checkpoint
         else:
             inputs = {"num_steps": num_steps, "action": action}
@@ -327,6 +330,10 @@ class World:
                     events = events.value
                 for e in events:
                     yield TraceEvent.model_validate(e)
+
+    def interrupted(self, thread_id: str | None = None) -> bool:
+        """Whether a run on this thread stopped mid-way (a crash, a kill, a failed transition)."""
+        return bool(self.graph.get_state(self._run_config(thread_id)).next)
 
     def resume(self, thread_id: str | None = None) -> WorldResult:
         """Finish a run that was interrupted (by a crash or a kill) from its last checkpoint."""
@@ -433,6 +440,7 @@ class World:
                 episode = (state.get("episode") or 0) + 1
                 inputs["episode"] = episode
                 inputs["episode_key"] = world._episode_key(episode, config)
+            started = time.perf_counter()
             try:
                 result = stage.invoke(inputs, config) or {}
             except TransitionError:
@@ -444,7 +452,8 @@ class World:
             update = {key: _coerce_block(transition, n, result.get(key)) for n in stage.writes
                       if (key := block_key(n)) in result}
             event: dict[str, Any] = {"pass": position[0], "transition": transition, "status": "ran",
-                                     "reason": stage.condition.check(_filled(state))[1]}
+                                     "reason": stage.condition.check(_filled(state))[1],
+                                     "seconds": round(time.perf_counter() - started, 4)}
             if is_development:
                 if not update.get("block1"):
                     raise TransitionError(transition, "must return a non-empty block1 (the next intent)")

@@ -12,16 +12,20 @@ checkpoint when one is available. Both satisfy :class:`TextToImage`, and
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    from langchain_core.tools import BaseTool
 
 __all__ = [
     "TextToImage",
@@ -160,6 +164,9 @@ class _Scene:
     pines: bool = False
     forest_row: bool = False
     castle: bool = False
+    temple: bool = False
+    skyline: bool = False
+    storm: bool = False
     volcano: bool = False
     tower: bool = False
     lighthouse: bool = False
@@ -207,13 +214,14 @@ def _read_prompt(prompt: str, rng: np.random.Generator, palette: str | None) -> 
     if biomes:
         s.biome = biomes[0]
     s.tints = [_TINT_WORDS[t] for t in tokens if t in _TINT_WORDS][:3]
-    s.haze = 0.35 if bag & {"mist", "misty", "fog", "foggy", "haze", "hazy"} else 0.0
+    s.storm = bool(bag & {"storm", "stormy", "thunder", "rain", "rainy", "tempest"})
+    s.haze = 0.3 if s.storm else 0.35 if bag & {"mist", "misty", "fog", "foggy", "haze", "hazy"} else 0.0
     s.water = bool(bag & _WATER_WORDS)
-    s.mountains = bool(bag & _MOUNTAIN_WORDS) or s.biome == "snow" and rng.random() < 0.6
+    s.mountains = bool(bag & _MOUNTAIN_WORDS) or (s.biome == "snow" and rng.random() < 0.6)
     s.hills = bool(bag & _HILL_WORDS)
     night = s.time == "night"
-    s.moon = night and "moonless" not in bag or bool(bag & {"moon", "moonlight", "moonlit"})
-    s.crescent = "crescent" in bag or (s.moon and rng.random() < 0.4)
+    s.moon = (night and "moonless" not in bag) or bool(bag & {"moon", "moonlight", "moonlit"})
+    s.crescent = "crescent" in bag or (s.moon and "full" not in bag and rng.random() < 0.4)
     s.sun = not s.moon and s.time != "night" and not bag & {"overcast", "storm", "stormy"}
     s.sun = s.sun or ("sun" in bag and not night)
     s.stars = (int(rng.integers(60, 110)) if night else 0) + (60 if bag & {"star", "starry"} else 0)
@@ -224,6 +232,8 @@ def _read_prompt(prompt: str, rng: np.random.Generator, palette: str | None) -> 
         _count_before(tokens, _TREE_WORDS, int(rng.integers(2, 4))) if bag & _TREE_WORDS else 0
     )
     s.volcano = bool(bag & {"volcano", "volcanic", "eruption", "erupting"})
+    s.temple = bool(bag & {"temple", "shrine", "church", "cathedral", "monastery", "ruin", "ruins", "parthenon"})
+    s.skyline = s.biome == "city" or bool(bag & {"skyline", "skyscraper", "metropolis"})
     s.castle = bool(bag & {"castle", "fortress", "citadel", "palace", "keep", "fort"})
     s.tower = bool(bag & {"tower", "spire", "turret", "minaret", "obelisk"})
     s.lighthouse = "lighthouse" in bag
@@ -280,9 +290,12 @@ class _Painter:
         for tint in scene.tints:
             k = 0.3 if scene.time != "night" else 0.15
             top, hor, light = _mix(top, tint, k * 0.7), _mix(hor, tint, k), _mix(light, tint, 0.15)
-        if scene.haze:
+        if scene.storm:
+            top, hor, light = _mix(top, (70, 74, 86), 0.55), _mix(hor, (120, 124, 132), 0.5), _mix(light, (160, 160, 170), 0.5)
+        elif scene.haze:
             top, hor = _mix(top, (170, 170, 178), scene.haze), _mix(hor, (200, 200, 205), scene.haze)
-        self.top, self.hor, self.light, self.ambient = top, hor, light, sky.ambient
+        self.top, self.hor, self.light = top, hor, light
+        self.ambient = sky.ambient * (0.7 if scene.storm else 1.0)
         self.horizon = h * (rng.uniform(0.5, 0.56) if scene.water else rng.uniform(0.58, 0.66))
         self.ys = np.arange(h, dtype=np.float32)[:, None]
         self.xs = np.arange(w, dtype=np.float32)[None, :]
@@ -290,6 +303,7 @@ class _Painter:
         self.shore: np.ndarray | None = None  # foreground land in water scenes
         self.taken: list[tuple[float, float]] = []
         self.lamps: list[tuple[float, float, float, RGB]] = []  # x, y, radius, colour
+        self.beam: tuple[float, float, int] | None = None  # lighthouse beam: x, y, direction
 
     # -- shading helpers -------------------------------------------------- #
     def lit(self, c: Sequence[float], k: float = 1.0) -> RGB:
@@ -390,7 +404,7 @@ class _Painter:
                 d.ellipse([ex - ew, ey - eh, ex + ew, ey + eh], fill=255)
         a = np.asarray(mask, np.float32)[..., None] / 255 * 0.85
         colour = {"day": (250, 250, 252), "dawn": (250, 200, 190), "dusk": (235, 140, 110), "night": (48, 54, 78)}
-        c = np.array(_mix(colour[self.s.time], (120, 120, 130), 0.4 if self.s.clouds > 3 else 0), np.float32)
+        c = np.array(_mix(colour[self.s.time], (96, 98, 110), 0.6 if self.s.storm else 0), np.float32)
         shade = np.clip((self.ys - self.ys.mean()) / self.h, -0.5, 0.5)[..., None] * 30
         img += (c - shade - img) * a
 
@@ -596,6 +610,37 @@ class _Painter:
         self.lamps.append((x, y - th, 40 * u, (255, 110, 30)))
         self.lamps.append((x, y - th - 30 * u, 60 * u, (120, 80, 70)))  # smoke
 
+    def temple(self, d: ImageDraw.ImageDraw, x: float) -> None:
+        u, y = self.u, self.ground_at(x) + 6 * self.u
+        marble, shade = _rgb(self.lit((226, 218, 200))), _rgb(self.lit((170, 160, 145)))
+        hw, ch = 70 * u, 62 * u
+        for i in range(3):  # steps
+            d.rectangle([x - hw - (3 - i) * 5 * u, y - (i + 1) * 5 * u, x + hw + (3 - i) * 5 * u, y - i * 5 * u], fill=marble if i % 2 else shade)
+        base = y - 15 * u
+        for cx in np.linspace(x - hw + 6 * u, x + hw - 6 * u, 6):
+            d.rectangle([cx - 5 * u, base - ch, cx + 5 * u, base], fill=marble)
+        d.rectangle([x - hw - 4 * u, base - ch - 10 * u, x + hw + 4 * u, base - ch], fill=shade)
+        d.polygon([(x - hw - 6 * u, base - ch - 10 * u), (x, base - ch - 38 * u), (x + hw + 6 * u, base - ch - 10 * u)], fill=marble)
+
+    def skyline(self, d: ImageDraw.ImageDraw) -> None:
+        x, lit = 0.0, self.s.time in ("dusk", "night")
+        body = _rgb(self.far(self.lit((70, 74, 86)), 0.2))
+        while x < self.w:
+            bw, bh = self.rng.uniform(26, 60) * self.u, self.rng.uniform(50, 190) * self.u
+            y = self.ground_at(x + bw / 2) + 6 * self.u
+            d.rectangle([x, y - bh, x + bw - 3 * self.u, y], fill=body)
+            for wy in np.arange(y - bh + 8 * self.u, y - 8 * self.u, 12 * self.u):
+                for wx in np.arange(x + 5 * self.u, x + bw - 10 * self.u, 10 * self.u):
+                    if self.rng.random() < (0.45 if lit else 0.8):
+                        c = (255, 214, 130) if lit else _rgb(self.lit((120, 140, 160)))
+                        d.rectangle([wx, wy, wx + 4 * self.u, wy + 5 * self.u], fill=c)
+            x += bw
+
+    def rain(self, d: ImageDraw.ImageDraw) -> None:
+        c, n = _rgb(_mix(self.hor, (255, 255, 255), 0.3)), int(250 * self.w * self.h / (512 * self.u) ** 2)
+        for x, y in zip(self.rng.uniform(0, self.w, n), self.rng.uniform(0, self.h, n)):
+            d.line([(x, y), (x - 4 * self.u, y + 16 * self.u)], fill=c, width=max(1, int(self.u)))
+
     def birds(self, d: ImageDraw.ImageDraw) -> None:
         colour = _rgb(self.lit((30, 30, 36), k=2))
         cx, cy = self.rng.uniform(0.2, 0.8) * self.w, self.rng.uniform(0.12, 0.35) * self.h
@@ -608,6 +653,10 @@ class _Painter:
         s, u, rng = self.s, self.u, self.rng
         d = ImageDraw.Draw(im)
         self.far_forest(d)
+        if s.skyline:
+            self.skyline(d)
+        if s.temple:
+            self.temple(d, self.free_x(160 * u, 0.25, 0.75))
         if s.volcano:
             self.volcano(d, self.free_x(200 * u, 0.3, 0.7))
         if s.lighthouse:
@@ -621,18 +670,19 @@ class _Painter:
         trees = sorted((self.free_x(40 * u, 0.03, 0.97) for _ in range(s.trees)), key=lambda _: rng.random())
         for x in trees:
             self.tree(d, x, rng.uniform(0.7, 1.25), s.pines)
-        if s.campfire and s.biome != "fire" or s.campfire and s.figures:
+        if s.campfire and (s.biome != "fire" or s.figures):
             self.campfire(d, self.free_x(40 * u, 0.3, 0.7))
         for i in range(s.figures):
             self.figure(d, self.free_x(22 * u, 0.15, 0.85), rng.uniform(0.85, 1.1))
         if s.birds:
             self.birds(d)
+        if s.storm:
+            self.rain(d)
 
     # -- post effects ----------------------------------------------------- #
     def finish(self, img: np.ndarray) -> np.ndarray:
-        beam = getattr(self, "beam", None)
-        if beam is not None:
-            x, y, side = beam
+        if self.beam is not None:
+            x, y, side = self.beam
             dx = (self.xs - x) * side
             spread = np.abs(self.ys - y) < np.maximum(dx, 0) * 0.12 + 2 * self.u
             a = np.where(spread & (dx > 0), 0.28 * np.exp(-dx / (self.w * 0.6)), 0)[..., None]
@@ -772,7 +822,10 @@ class DiffusersTextToImage:
 
                     try:
                         pipe = DiffusionPipeline.from_pretrained(
-                            str(self.folder), local_files_only=True, use_safetensors=True
+                            str(self.folder),
+                            local_files_only=True,
+                            use_safetensors=True,
+                            low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
                         )
                     except Exception as e:  # diffusers errors rarely say which folder
                         raise RuntimeError(f"could not load diffusers checkpoint {self.folder}: {e}") from e
@@ -844,7 +897,7 @@ def text_to_image_tool(
     *,
     save: Callable[[Image.Image], str] | None = None,
     name: str = "text_to_image",
-) -> Any:
+) -> BaseTool:
     """Wrap a renderer as a LangChain tool an agent can call.
 
     The tool's content is text (an agent can't read pixels): the reference string
