@@ -231,7 +231,7 @@ class World:
             description=description,
             llm=llm if isinstance(llm, str) or llm is None else None,
             text_to_image=text_to_image if isinstance(text_to_image, str) or text_to_image is None else None,
-            initial_world=InitialWorld.model_validate(initial_world or {}),
+            initial_world=InitialWorld.model_validate(initial_world if initial_world is not None else _CANON_INITIAL),
         )
         return cls(_canon_stages(llm, text_to_image, stages or {}), root=root, config=config)
 
@@ -497,6 +497,16 @@ class World:
         }
         _atomic_write(self.root / rel, json.dumps(doc, indent=2, ensure_ascii=False))
         return rel.as_posix()
+
+
+#: what the canon template starts from when no initial world is given: a small model
+#: needs something concrete to develop, and a user can see the world evolve from it
+_CANON_INITIAL = {
+    "story": "A fishing village sits below an old lighthouse on a rocky northern coast. "
+    "Tamsin, the lighthouse keeper, has noticed strange lights out at sea.",
+    "style": "painterly, moody northern light",
+    "rules": ["Events follow from what already happened."],
+}
 
 
 # --------------------------------------------------------------------------------------

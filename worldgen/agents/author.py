@@ -26,4 +26,4 @@ class Author:
             f"The world so far:\n{state['world'].summary()}\n\n"
             f"What was meant to happen: {intent}\nWhat was actually made:\n{seen}\n\nWhat happened?"
         )
-        return {"block5": {"text": ask_text(self.llm, "author", SYSTEM, prompt)}}
+        return {"block5": {"text": ask_text(self.llm, "author", SYSTEM, prompt, max_sentences=4)}}

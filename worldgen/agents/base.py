@@ -46,10 +46,27 @@ _THINK = re.compile(r"<think>.*?</think>", re.S)
 _PREAMBLE = re.compile(r"^(sure|certainly|of course|okay|ok)[,!.:]?\s+(here( is|'s)[^:\n]*:\s*)?", re.I)
 
 
-def _clean(text: str) -> str:
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
+
+
+def _clean(text: str, max_sentences: int | None = None) -> str:
+    """Strip reasoning tags and chat preambles; drop repeated sentences and keep at most
+    ``max_sentences`` — small models tend to loop, and a world's blocks should stay short."""
     text = _THINK.sub("", text).strip()
     text = _PREAMBLE.sub("", text).strip()
-    return text.strip().strip('"').strip()
+    text = text.strip().strip('"').strip()
+    if max_sentences is None:
+        return text
+    kept: list[str] = []
+    seen: set[str] = set()
+    for sentence in _SENTENCE_END.split(" ".join(text.split())):
+        key = re.sub(r"\W+", " ", sentence).strip().casefold()
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(sentence)
+        if len(kept) == max_sentences:
+            break
+    return " ".join(kept)
 
 
 def ask_text(
@@ -60,12 +77,13 @@ def ask_text(
     *,
     attempts: int = DEFAULT_ATTEMPTS,
     min_chars: int = 2,
+    max_sentences: int | None = None,
 ) -> str:
     """Ask for prose; re-ask when the reply is empty."""
     messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(user)]
     for _ in range(attempts):
         reply = llm.invoke(messages)
-        text = _clean(message_text(reply))
+        text = _clean(message_text(reply), max_sentences)
         if len(text) >= min_chars:
             return text
         messages += [AIMessage(message_text(reply) or "(empty)"),

@@ -46,7 +46,7 @@ class Creator:
             elif slot.kind == "text":
                 if self.llm is None:
                     raise ValueError(f"slot {slot.name!r} is a text slot but the world has no chat model")
-                text = ask_text(self.llm, "creator", SYSTEM, slot.prompt)
+                text = ask_text(self.llm, "creator", SYSTEM, slot.prompt, max_sentences=4)
                 refs.append(store.put_text(text, slot=slot.name, meta={"prompt": slot.prompt}))
             else:
                 raise ValueError(f"slot {slot.name!r} has kind {slot.kind!r}; the Creator makes image and text slots")

@@ -29,4 +29,4 @@ class Development:
             if action
             else "No one intervenes. What happens next?"
         )
-        return {"block1": {"text": ask_text(self.llm, "development", SYSTEM, prompt)}}
+        return {"block1": {"text": ask_text(self.llm, "development", SYSTEM, prompt, max_sentences=2)}}

@@ -48,7 +48,7 @@ class Philosopher:
                 {"type": "text", "text": "Describe what this image shows."},
                 {"type": "image_url", "image_url": {"url": url}},
             ]
-            return ask_text(self.llm, "philosopher", SYSTEM, content)
+            return ask_text(self.llm, "philosopher", SYSTEM, content, max_sentences=2)
         from worldgen.tools.image_analysis import describe_image
 
         return describe_image(path)
@@ -57,4 +57,6 @@ class Philosopher:
         if self.llm is None:
             words = text.split()
             return f"A text of {len(words)} words beginning: {' '.join(words[:20])}"
-        return ask_text(self.llm, "philosopher", SYSTEM, f"Describe what this text says:\n\n{text[:2000]}")
+        return ask_text(
+            self.llm, "philosopher", SYSTEM, f"Describe what this text says:\n\n{text[:2000]}", max_sentences=2
+        )
