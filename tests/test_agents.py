@@ -172,3 +172,36 @@ def test_philosopher_uses_the_model_when_it_accepts_images(tmp_path):
     human = llm.seen[0][-1]
     assert isinstance(human, HumanMessage) and human.content[1]["type"] == "image_url"
     assert isinstance(llm.seen[0][0], SystemMessage)
+
+
+def test_extract_json_keeps_the_first_of_duplicated_keys():
+    assert extract_json('{"prompt": "a hill", "prompt": "<what to draw>"}') == {"prompt": "a hill"}
+
+
+def test_placeholder_prompts_are_dropped():
+    config = parse_generation_config({"slots": [{"kind": "image", "prompt": "a hill"},
+                                                {"kind": "text", "prompt": "<what to write>"}]})
+    assert [s.prompt for s in config.slots] == ["a hill"]
+
+
+def test_architect_prefills_models_that_continue_a_reply():
+    from worldgen.agents.architect import PREFILL, Architect
+
+    from typing import ClassVar
+
+    from langchain_core.messages import AIMessage
+
+    from tests.conftest import ScriptedChat
+
+    class Prefilling(ScriptedChat):
+        supports_prefill: ClassVar[bool] = True
+
+    llm = Prefilling(responses=[AIMessage(PREFILL + 'a hill at dawn"}]}')], seen=[])
+
+    class W:
+        def style(self):
+            return ""
+
+    out = Architect(llm)({"block1": {"text": "dawn"}, "world": W()})
+    assert out["block2"].slots[0].prompt == "a hill at dawn"
+    assert llm.seen[0][-1].content == PREFILL  # the reply was started for the model

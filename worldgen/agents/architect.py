@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from pydantic import ValidationError
 
-from worldgen.agents.base import ask_json
+from worldgen.agents.base import ask_json, clean_text
 from worldgen.state import GenerationConfig
 
 SUPPORTED_KINDS = ("image", "text")
@@ -19,6 +20,9 @@ SYSTEM = (
     '{"name": "caption", "kind": "text", "prompt": "<what to write>"}]}'
 )
 
+_PLACEHOLDER = re.compile(r"<[^<>]*>|\.\.\.|…")  # the system prompt's own placeholders, copied back
+#: starts the reply for local models, which keep the shape only when it is begun for them
+PREFILL = '{"slots": [{"name": "scene", "kind": "image", "prompt": "'
 _IMAGE_WORDS = ("image", "picture", "scene", "illustration", "drawing", "painting", "art")
 
 
@@ -53,10 +57,11 @@ def parse_generation_config(data: Any) -> GenerationConfig:
         if not kind:
             kind = "image" if any(w in name.lower() for w in _IMAGE_WORDS) else "text"
         prompt = slot.get("prompt") or slot.get("description") or slot.get("text") or ""
-        if kind not in SUPPORTED_KINDS or not str(prompt).strip():
+        prompt = clean_text(str(prompt), max_sentences=3)
+        if kind not in SUPPORTED_KINDS or not prompt or _PLACEHOLDER.fullmatch(prompt):
             continue
         params = slot.get("params") if isinstance(slot.get("params"), dict) else {}
-        cleaned.append({"name": name, "kind": kind, "prompt": str(prompt).strip(), "params": params})
+        cleaned.append({"name": name, "kind": kind, "prompt": prompt, "params": params})
     try:
         config = GenerationConfig.model_validate({"slots": cleaned})
     except ValidationError as exc:  # pragma: no cover - cleaned data is well-formed
@@ -76,5 +81,5 @@ class Architect:
         intent = state["block1"]["text"]
         style = state["world"].style()
         prompt = f"Event: {intent}" + (f"\nVisual style: {style}" if style else "")
-        config = ask_json(self.llm, "architect", SYSTEM, prompt, parse_generation_config)
+        config = ask_json(self.llm, "architect", SYSTEM, prompt, parse_generation_config, prefill=PREFILL)
         return {"block2": config}

@@ -49,7 +49,7 @@ _PREAMBLE = re.compile(r"^(sure|certainly|of course|okay|ok)[,!.:]?\s+(here( is|
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 
 
-def _clean(text: str, max_sentences: int | None = None) -> str:
+def clean_text(text: str, max_sentences: int | None = None) -> str:
     """Strip reasoning tags and chat preambles; drop repeated sentences and keep at most
     ``max_sentences`` — small models tend to loop, and a world's blocks should stay short."""
     text = _THINK.sub("", text).strip()
@@ -83,7 +83,7 @@ def ask_text(
     messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(user)]
     for _ in range(attempts):
         reply = llm.invoke(messages)
-        text = _clean(message_text(reply), max_sentences)
+        text = clean_text(message_text(reply), max_sentences)
         if len(text) >= min_chars:
             return text
         messages += [AIMessage(message_text(reply) or "(empty)"),
@@ -99,16 +99,24 @@ def ask_json(
     validate: Callable[[Any], T],
     *,
     attempts: int = DEFAULT_ATTEMPTS,
+    prefill: str | None = None,
 ) -> T:
     """Ask for JSON; repair what can be repaired, re-ask with the error otherwise.
 
     ``validate`` turns parsed JSON into the result or raises ValueError saying what is wrong.
+    ``prefill`` starts the reply for models that continue a trailing assistant message
+    (small local models need it to keep the shape); other models ignore it.
     """
+    from worldgen.chat_models import supports_prefill
+
     model = llm.bind(response_format={"type": "json_object"})
+    start = [AIMessage(prefill)] if prefill and supports_prefill(llm) else []
     messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(user)]
     problem = ""
     for _ in range(attempts):
-        raw = message_text(model.invoke(messages))
+        raw = message_text(model.invoke(messages + start))
+        if start and not raw.lstrip().startswith(prefill[:1]):
+            raw = prefill + raw
         try:
             return validate(extract_json(raw))
         except ValueError as exc:
@@ -136,13 +144,22 @@ def extract_json(text: str) -> Any:
     if start < 0:
         raise ValueError("the reply contains no JSON object")
     candidate = text[start:]
+    decoder = json.JSONDecoder(object_pairs_hook=_first_wins)
     for attempt in (candidate, _repair(candidate)):
         try:
-            value, _ = json.JSONDecoder().raw_decode(attempt)
+            value, _ = decoder.raw_decode(attempt)
             return value
         except ValueError:
             continue
     raise ValueError("the reply is not valid JSON")
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """On a duplicated key keep the first value: small models repeat a key with a worse one."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
 
 
 def _repair(text: str) -> str:

@@ -12,9 +12,18 @@ Design notes (why it looks like this):
   blocks kept, and ``profile["image_inputs"]`` is False so callers can check
   (see ``worldgen.chat_models.model_accepts_images``).
 * No tool calling: a 135M model cannot do it, so ``bind_tools`` raises.
-* JSON mode (``response_format={"type": "json_object"}``): the assistant turn is
-  prefilled with ``{`` and decoding stops as soon as the braces balance
-  (outside strings). The JSON text is returned as content; callers validate.
+* A trailing ``AIMessage`` is the start of the reply (prefill), as in
+  Anthropic's API: plain text returns the continuation only.
+* JSON mode (``response_format={"type": "json_object"}``, ``json_schema`` is
+  accepted but its schema is not enforced). A 135M model rarely closes its
+  object by itself, so: the reply is prefilled with ``{`` (or the trailing
+  ``AIMessage``, which must start the object); each token must keep the text a
+  valid JSON prefix (the likeliest acceptable token among the top 64 wins);
+  decoding stops when the top-level object closes; and if the token budget
+  runs out first, the text is cut back to the last point where the object can
+  be closed and closed there. So content is always parseable JSON (the whole
+  object, prefill included), though not necessarily the shape asked for: that
+  is the caller's to check. Stop sequences are ignored in JSON mode.
 * The model loads lazily on first generation (``loader``), because graph modules
   that build a chat model get imported by servers that may never call it.
 """
@@ -24,9 +33,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput, ModelProfile
@@ -48,7 +58,7 @@ logger = logging.getLogger(__name__)
 Loader = Callable[[], tuple[Any, Any]]
 """Returns ``(model, tokenizer)``; called on first generation."""
 
-_KNOWN_CALL_KWARGS = {"response_format", "max_new_tokens", "temperature", "top_p", "seed"}
+_KNOWN_CALL_KWARGS = {"response_format", "max_new_tokens", "temperature", "top_p", "seed", "repetition_penalty"}
 
 
 def load_local_chat_model(**kwargs: Any) -> ChatTransformers:
@@ -60,6 +70,8 @@ def load_local_chat_model(**kwargs: Any) -> ChatTransformers:
     from worldgen.local_models.gguf import SMOLLM2_REF
 
     kwargs.setdefault("model_ref", SMOLLM2_REF)
+    kwargs.setdefault("repetition_penalty", 1.2)
+    kwargs.setdefault("max_new_tokens", 120)
     return ChatTransformers(loader=_load_smollm2, **kwargs)
 
 
@@ -81,11 +93,16 @@ class ChatTransformers(BaseChatModel):
 
     model_ref: str
     """Names the weights (for identity / serialisation); not used to load them."""
+    #: a trailing AIMessage is continued as the reply (see worldgen.chat_models.supports_prefill)
+    supports_prefill: ClassVar[bool] = True
     max_new_tokens: int = Field(default=160, ge=1)
     temperature: float = Field(default=0.0, ge=0.0)
     """0 means greedy decoding, which is deterministic."""
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = None
+    #: >1 discourages tokens already generated (transformers' RepetitionPenaltyLogitsProcessor);
+    #: small models loop without it
+    repetition_penalty: float = Field(default=1.0, ge=1.0)
     """Seed for sampling (ignored when greedy); None draws a fresh seed per call."""
 
     _model: Any = PrivateAttr(default=None)
@@ -106,7 +123,7 @@ class ChatTransformers(BaseChatModel):
         self._model, self._tokenizer, self._loader = model, tokenizer, loader
 
     @classmethod
-    def from_pretrained(cls, folder: str, **kwargs: Any) -> ChatTransformers:
+    def from_pretrained(cls, folder: str | os.PathLike[str], **kwargs: Any) -> ChatTransformers:
         """Lazily load a ``save_pretrained`` folder (safetensors) on first use."""
         from worldgen.local_models.gguf import load_pretrained
 
@@ -232,15 +249,22 @@ class ChatTransformers(BaseChatModel):
             logger.warning("ChatTransformers ignores unsupported call arguments: %s", sorted(unknown))
         json_mode = _is_json_mode(kwargs.get("response_format"))
         model, tokenizer = self._resources()
-        prompt = tokenizer.apply_chat_template(
-            _to_chat(messages), tokenize=False, add_generation_prompt=True
-        )
-        prefill = "{" if json_mode else ""
+        chat = _to_chat(messages)
+        # A trailing assistant message is the start of the reply (prefill).
+        started = chat.pop()["content"] if chat and chat[-1]["role"] == "assistant" else ""
+        if json_mode and not started.strip():
+            started = "{"
+        elif json_mode:
+            started = started.lstrip()
+        prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        # JSON mode returns the whole object, prefill included, so it parses;
+        # plain text returns the continuation only.
+        prefill = started if json_mode else ""
         return _Run(
             model=model,
             tokenizer=tokenizer,
             model_ref=self.model_ref,
-            prompt=prompt + prefill,
+            prompt=prompt + started,
             prefill=prefill,
             stop=[s for s in (stop or []) if s],
             json_mode=json_mode,
@@ -248,6 +272,7 @@ class ChatTransformers(BaseChatModel):
             temperature=float(kwargs.get("temperature", self.temperature)),
             top_p=float(kwargs.get("top_p", self.top_p)),
             seed=kwargs.get("seed", self.seed),
+            repetition_penalty=float(kwargs.get("repetition_penalty", self.repetition_penalty)),
         )
 
 
@@ -296,9 +321,15 @@ def _text_of(content: str | list[Any]) -> str:
     return "\n".join(parts)
 
 
+_JSON_CANDIDATES = 64
+"""In JSON mode, how many of the likeliest tokens to try before giving up and closing."""
+_JSON_MAX_BLANKS = 24
+"""Longest run of whitespace allowed between JSON tokens (tiny models can loop on newlines)."""
+
+
 @dataclass
 class _Run:
-    """One decoding run: yields text pieces, then knows why it stopped."""
+    """One decoding run: yields text pieces, then knows why it stopped and token counts."""
 
     model: Any
     tokenizer: Any
@@ -311,60 +342,113 @@ class _Run:
     temperature: float
     top_p: float
     seed: int | None
+    repetition_penalty: float = 1.0
     finish_reason: str = "length"
     input_tokens: int = 0
     output_tokens: int = 0
-    _gate: _TextGate = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._gate = _TextGate(self.stop, self.json_mode)
 
     def pieces(self) -> Iterator[str]:
-        text = self.prefill
-        for text in self._texts():
-            piece, done = self._gate.feed(text, final=False)
+        return self._json_pieces() if self.json_mode else self._text_pieces()
+
+    def _text_pieces(self) -> Iterator[str]:
+        gate = _StopGate(self.stop)
+        text = ""
+        for text in self._texts(None):
+            piece, done = gate.feed(text.rstrip("\ufffd"), final=False)
             if piece:
                 yield piece
             if done:
                 self.finish_reason = "stop"
                 return
-        piece, done = self._gate.feed(text, final=True)
+        piece, done = gate.feed(text, final=True)
         if done:
             self.finish_reason = "stop"
         if piece:
             yield piece
 
-    def _texts(self) -> Iterator[str]:
-        """Full decoded output (prefill included) after each new token."""
+    def _json_pieces(self) -> Iterator[str]:
+        # Only text up to the last point where the object can be closed is emitted,
+        # so a run cut short by the token budget still ends in valid JSON.
+        guide = _JsonGuide(self.prefill)
+        emitted = 0
+        text = guide.text
+        for text in self._texts(guide):
+            if guide.state.done:
+                self.finish_reason = "stop"
+                yield text[emitted:]
+                return
+            if guide.good_len > emitted:
+                yield text[emitted : guide.good_len]
+                emitted = guide.good_len
+        self.finish_reason = "length"
+        tail = text[emitted : guide.good_len] + guide.good_suffix
+        if tail:
+            yield tail
+
+    def _texts(self, guide: _JsonGuide | None) -> Iterator[str]:
+        """Full output text (prefill included) after each new token."""
         import torch
 
         ids = self.tokenizer(self.prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
         self.input_tokens = int(ids.shape[1])
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if isinstance(limit, int) and self.input_tokens + self.max_new_tokens > limit:
+            raise ValueError(
+                f"prompt of {self.input_tokens} tokens + {self.max_new_tokens} new tokens exceeds "
+                f"the {limit}-token context of {self.model_ref}"
+            )
         eos = _eos_ids(self.model, self.tokenizer)
         extra = {"logits_to_keep": 1} if _accepts(self.model, "logits_to_keep") else {}
         generator = None
         if self.temperature > 0:
             generator = torch.Generator()
             generator.manual_seed(self.seed if self.seed is not None else int(torch.seed()))
+        tries = 1 if guide is None else _JSON_CANDIDATES
+        penalty = None
+        if self.repetition_penalty > 1.0 and guide is None:  # JSON must repeat its punctuation
+            from transformers import RepetitionPenaltyLogitsProcessor
+
+            penalty = RepetitionPenaltyLogitsProcessor(self.repetition_penalty)
         generated: list[int] = []
+        decoded = ""
         cache = None
         step_input = ids
-        yield self.prefill
         for _ in range(self.max_new_tokens):
             # inference_mode per step, never across a yield (the consumer may be another thread).
             with torch.inference_mode():
                 out = self.model(input_ids=step_input, past_key_values=cache, use_cache=True, **extra)
                 cache = out.past_key_values
-                token = _pick(out.logits[0, -1].float(), self.temperature, self.top_p, generator)
-            if token in eos:
-                self.finish_reason = "stop"
-                return
-            generated.append(token)
+                logits = out.logits[0, -1].float()
+                if penalty is not None and generated:
+                    logits = penalty(torch.tensor([generated]), logits[None])[0]
+            chosen = None
+            for token in _candidates(logits, self.temperature, self.top_p, generator, tries):
+                if guide is None:
+                    if token in eos:
+                        self.finish_reason = "stop"
+                        return
+                    chosen, text = token, self.prefill + self._decode(generated + [token])
+                    break
+                if token in eos:
+                    continue  # the object is not closed yet
+                raw = self._decode(generated + [token])
+                if raw == decoded:
+                    continue  # a special token that decodes to nothing: no progress
+                text = self.prefill + raw.rstrip("\ufffd")
+                if guide.advance(text, pending_bytes=len(text) < len(self.prefill) + len(raw)):
+                    chosen, decoded = token, raw
+                    break
+            if chosen is None:
+                return  # no acceptable continuation among the likeliest tokens
+            generated.append(chosen)
             self.output_tokens = len(generated)
-            step_input = torch.tensor([[token]], dtype=ids.dtype)
-            yield self.prefill + self.tokenizer.decode(
-                generated, skip_special_tokens=True, clean_up_tokenization_spaces=False
-            )
+            yield text
+            if guide is not None and guide.state.done:
+                return
+            step_input = torch.tensor([[chosen]], dtype=ids.dtype)
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def response_metadata(self) -> dict[str, Any]:
         return {"finish_reason": self.finish_reason, "model_name": self.model_ref}
@@ -377,27 +461,41 @@ class _Run:
         }
 
 
-class _TextGate:
-    """Turns growing decoded text into safe-to-emit pieces.
+def _candidates(logits: Any, temperature: float, top_p: float, generator: Any, limit: int) -> Iterator[int]:
+    """Next tokens in order of preference: by logit if greedy, else sampled without replacement."""
+    import torch
 
-    Holds back text that might be the start of a stop sequence or an incomplete
-    UTF-8 character, cuts at the first stop sequence, and in JSON mode ends
-    right after the brace that closes the top-level object.
+    if temperature <= 0:
+        yield from torch.topk(logits, min(limit, logits.numel())).indices.tolist()
+        return
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p  # always keeps the top token
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    for _ in range(limit):
+        if float(probs.sum()) <= 0:
+            return
+        token = int(torch.multinomial(probs, 1, generator=generator))
+        yield token
+        probs[token] = 0.0
+
+
+class _StopGate:
+    """Turns growing text into safe-to-emit pieces, cutting at the first stop sequence.
+
+    Holds back the tail that might be the start of a stop sequence, so streamed
+    pieces never need to be taken back.
     """
 
-    def __init__(self, stop: list[str], json_mode: bool) -> None:
+    def __init__(self, stop: list[str]) -> None:
         self._stop = stop
         self._hold = max((len(s) for s in stop), default=1) - 1
-        self._json = _BraceTracker() if json_mode else None
         self._emitted = 0
 
     def feed(self, text: str, *, final: bool) -> tuple[str, bool]:
-        """Return (new piece, whether output is complete)."""
-        if not final:
-            text = text.rstrip("\ufffd")  # an incomplete multi-byte character so far
+        """Return (new piece, whether a stop sequence was reached)."""
         cut = None
-        if self._json is not None:
-            cut = self._json.closing_index(text)
         for s in self._stop:
             at = text.find(s, max(0, self._emitted - len(s) + 1))
             if at >= 0 and (cut is None or at < cut):
@@ -411,50 +509,200 @@ class _TextGate:
         return piece, done
 
 
-class _BraceTracker:
-    """Finds where the top-level JSON object closes, ignoring braces inside strings."""
+class _JsonGuide:
+    """Accepts only text that stays a valid JSON prefix; remembers the last closable point."""
+
+    def __init__(self, prefill: str) -> None:
+        self.state = _JsonState()
+        self.text = ""
+        self.good_len = 0
+        self.good_suffix = ""
+        if not self.advance(prefill):
+            raise ValueError(f"JSON prefill {prefill!r} is not a JSON prefix")
+
+    def advance(self, text: str, *, pending_bytes: bool = False) -> bool:
+        """Move to ``text`` (an extension of the current text) if it is still valid JSON.
+
+        ``pending_bytes``: an incomplete UTF-8 character follows ``text``, which
+        can only be valid inside a string.
+        """
+        if not text.startswith(self.text):
+            return False
+        state = self.state.copy()
+        if not state.feed(text[len(self.text) :]) or (pending_bytes and state.mode != "string"):
+            return False
+        self.state, self.text = state, text
+        suffix = state.completion()
+        if suffix is not None:
+            self.good_len, self.good_suffix = len(text), suffix
+        return True
+
+
+_LITERALS = {"t": "rue", "f": "alse", "n": "ull"}
+_NUMBER_ENDS = {"zero", "int", "frac", "exp_int"}
+_BLANKS = " \t\n\r"
+
+
+class _JsonState:
+    """Incremental JSON syntax checker (a small pushdown automaton), one char at a time.
+
+    ``completion()`` gives the shortest text that closes what is open, or None
+    where no simple closing exists (a dangling key, an escape, a bare ``-``).
+    """
+
+    __slots__ = ("stack", "mode", "key", "escape", "number", "literal", "blanks")
 
     def __init__(self) -> None:
-        self._pos = 0
-        self._depth = 0
-        self._in_string = False
-        self._escaped = False
+        self.stack: list[str] = []
+        self.mode = "value"
+        self.key = False
+        self.escape = 0  # 1 after a backslash, 2..5 inside \uXXXX
+        self.number = ""
+        self.literal = ""
+        self.blanks = 0
 
-    def closing_index(self, text: str) -> int | None:
-        """Index just past the closing brace, or None if the object is still open."""
-        for i in range(self._pos, len(text)):
-            char = text[i]
-            if self._in_string:
-                if self._escaped:
-                    self._escaped = False
-                elif char == "\\":
-                    self._escaped = True
-                elif char == '"':
-                    self._in_string = False
-            elif char == '"':
-                self._in_string = True
-            elif char in "{[":
-                self._depth += 1
-            elif char in "}]":
-                self._depth -= 1
-                if self._depth <= 0:
-                    self._pos = i + 1
-                    return i + 1
-        self._pos = len(text)
+    def copy(self) -> _JsonState:
+        other = _JsonState.__new__(_JsonState)
+        for name in self.__slots__:
+            setattr(other, name, getattr(self, name))
+        other.stack = list(self.stack)
+        return other
+
+    @property
+    def done(self) -> bool:
+        return self.mode == "done"
+
+    def feed(self, text: str) -> bool:
+        return all(self._step(char) for char in text)
+
+    def completion(self) -> str | None:
+        closers = "".join("}" if c == "{" else "]" for c in reversed(self.stack))
+        mode = self.mode
+        if mode == "done":
+            return ""
+        if mode in ("after", "first_key", "first_value"):
+            return closers
+        if mode == "string":
+            return '"' + closers if not self.key and self.escape == 0 else None
+        if mode == "number":
+            return closers if self.number in _NUMBER_ENDS else None
+        if mode == "literal":
+            return self.literal + closers
         return None
 
+    def _step(self, char: str) -> bool:
+        mode = self.mode
+        if mode == "string":
+            return self._string_step(char)
+        if mode == "number":
+            following = _number_next(self.number, char)
+            if following is not None:
+                self.number = following
+                return True
+            if self.number not in _NUMBER_ENDS:
+                return False
+            self._end_value()
+            mode = self.mode
+        if mode == "literal":
+            if char != self.literal[0]:
+                return False
+            self.literal = self.literal[1:]
+            if not self.literal:
+                self._end_value()
+            return True
+        if mode == "done":
+            return False
+        if char in _BLANKS:
+            self.blanks += 1
+            return self.blanks <= _JSON_MAX_BLANKS
+        self.blanks = 0
+        if mode in ("value", "first_value"):
+            if mode == "first_value" and char == "]":
+                return self._close()
+            return self._start_value(char)
+        if mode in ("first_key", "key"):
+            if mode == "first_key" and char == "}":
+                return self._close()
+            if char == '"':
+                self.mode, self.key = "string", True
+                return True
+            return False
+        if mode == "colon":
+            if char == ":":
+                self.mode = "value"
+                return True
+            return False
+        # mode == "after": a value just ended inside a container
+        if char == ",":
+            self.mode = "key" if self.stack[-1] == "{" else "value"
+            return True
+        if char == ("}" if self.stack[-1] == "{" else "]"):
+            return self._close()
+        return False
 
-def _pick(logits: Any, temperature: float, top_p: float, generator: Any) -> int:
-    import torch
+    def _string_step(self, char: str) -> bool:
+        if self.escape == 1:
+            if char == "u":
+                self.escape = 2
+            elif char in '"\\/bfnrt':
+                self.escape = 0
+            else:
+                return False
+        elif self.escape >= 2:
+            if char not in "0123456789abcdefABCDEF":
+                return False
+            self.escape = self.escape + 1 if self.escape < 5 else 0
+        elif char == "\\":
+            self.escape = 1
+        elif char == '"':
+            if self.key:
+                self.mode, self.key = "colon", False
+            else:
+                self._end_value()
+        elif ord(char) < 0x20:
+            return False
+        return True
 
-    if temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p  # always keeps the top token
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
+    def _start_value(self, char: str) -> bool:
+        if char in "{[":
+            self.stack.append(char)
+            self.mode = "first_key" if char == "{" else "first_value"
+        elif char == '"':
+            self.mode, self.key = "string", False
+        elif char == "-":
+            self.mode, self.number = "number", "sign"
+        elif char in "0123456789":
+            self.mode, self.number = "number", "zero" if char == "0" else "int"
+        elif char in _LITERALS:
+            self.mode, self.literal = "literal", _LITERALS[char]
+        else:
+            return False
+        return True
+
+    def _close(self) -> bool:
+        self.stack.pop()
+        self._end_value()
+        return True
+
+    def _end_value(self) -> None:
+        self.mode = "after" if self.stack else "done"
+
+
+def _number_next(state: str, char: str) -> str | None:
+    digit = char in "0123456789"
+    if state == "sign":
+        return "zero" if char == "0" else "int" if digit else None
+    if state in ("zero", "int"):
+        if digit and state == "int":
+            return "int"
+        return "dot" if char == "." else "exp" if char in "eE" else None
+    if state in ("dot", "frac"):
+        return "frac" if digit else "exp" if state == "frac" and char in "eE" else None
+    if state == "exp":
+        return "exp_int" if digit else "exp_sign" if char in "+-" else None
+    if state in ("exp_sign", "exp_int"):
+        return "exp_int" if digit else None
+    return None
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -5,9 +5,10 @@ package's ``__init__`` imports ``llm`` and ``llama_cpp``, which we do not have
 (nor want), so the file is located through the distribution's metadata, never
 by importing it.
 
-The first load in a machine dequantizes the GGUF (≈15 s on 2 CPU cores) and
-writes a plain safetensors copy under the cache dir; later loads read that copy
-(≈1-2 s). Everything is read with ``local_files_only=True``: nothing is ever
+The first load on a machine dequantizes the GGUF (≈20 s on 2 CPU cores) and
+writes a plain float32 safetensors copy (≈540 MB) under the cache dir; later
+processes read that copy (≈1.5 s, plus ≈3 s of torch/transformers imports).
+Everything is read with ``local_files_only=True``: nothing is ever
 downloaded.
 
 Why not ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=...)``: in
@@ -172,6 +173,7 @@ def _write_cache_atomically(loaded: LoadedModel, target: Path) -> None:
     If another process won the race, its copy is kept and ours discarded.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale_temp_dirs(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         start = time.perf_counter()
@@ -180,6 +182,10 @@ def _write_cache_atomically(loaded: LoadedModel, target: Path) -> None:
         (tmp / "worldgen_source.json").write_text(
             json.dumps({"gguf": str(loaded.path), "distribution": _dist_version()}, indent=2)
         )
+        # mkdtemp makes the dir private; the cache holds public weights only.
+        for file in tmp.iterdir():
+            file.chmod(0o644)
+        tmp.chmod(0o755)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -193,6 +199,17 @@ def _write_cache_atomically(loaded: LoadedModel, target: Path) -> None:
         logger.warning("could not cache %s: %s", target, exc)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sweep_stale_temp_dirs(target: Path, older_than: float = 3600.0) -> None:
+    """Remove temp dirs that killed processes left (old enough not to be in use)."""
+    cutoff = time.time() - older_than
+    for stale in target.parent.glob(f".tmp-{target.name}-*"):
+        try:
+            if stale.stat().st_mtime < cutoff:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _dist_version() -> str | None:
