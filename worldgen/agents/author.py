@@ -20,10 +20,11 @@ class Author:
         self.llm = llm
 
     def __call__(self, state: dict[str, Any]) -> dict[str, Any]:
+        summary = state["world"].summary()
         intent = Intent.model_validate(state["block1"]).as_text()
         seen = ArtifactDescriptions.model_validate(state["block4"]).as_text()
         prompt = (
-            f"The world so far:\n{state['world'].summary()}\n\n"
+            f"The world so far:\n{summary}\n\n"
             f"What was meant to happen: {intent}\nWhat was actually made:\n{seen}\n\nWhat happened?"
         )
-        return {"block5": {"text": ask_text(self.llm, "author", SYSTEM, prompt, max_sentences=4)}}
+        return {"block5": {"text": ask_text(self.llm, "author", SYSTEM, prompt, max_sentences=4, echo=summary)}}

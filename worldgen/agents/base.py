@@ -49,18 +49,34 @@ _PREAMBLE = re.compile(r"^(sure|certainly|of course|okay|ok)[,!.:]?\s+(here( is|
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 
 
-def clean_text(text: str, max_sentences: int | None = None) -> str:
-    """Strip reasoning tags and chat preambles; drop repeated sentences and keep at most
-    ``max_sentences`` — small models tend to loop, and a world's blocks should stay short."""
+def _sentence_key(sentence: str) -> str:
+    return re.sub(r"\W+", " ", sentence).strip().casefold()
+
+
+def _sentences(text: str) -> list[str]:
+    # a "Heading:" line is a label, not a sentence: split it off so it can be dropped
+    text = re.sub(r"^([A-Z][\w ]{0,40}):\s*$", r"\1:.", text, flags=re.M)
+    return _SENTENCE_END.split(" ".join(text.split()))
+
+
+def clean_text(text: str, max_sentences: int | None = None, echo: str = "") -> str:
+    """Strip reasoning tags and chat preambles; drop repeated sentences, sentences copied
+    from the prompt (``echo``), and keep at most ``max_sentences``: small models loop and
+    parrot, and a world's blocks should stay short."""
     text = _THINK.sub("", text).strip()
     text = _PREAMBLE.sub("", text).strip()
     text = text.strip().strip('"').strip()
-    if max_sentences is None:
+    if max_sentences is None and not echo:
         return text
+    seen: set[str] = {_sentence_key(x) for x in _sentences(echo)} if echo else set()
+    seen |= {_sentence_key(x.split(":", 1)[1]) for x in _sentences(echo) if ":" in x} if echo else set()
     kept: list[str] = []
-    seen: set[str] = set()
-    for sentence in _SENTENCE_END.split(" ".join(text.split())):
-        key = re.sub(r"\W+", " ", sentence).strip().casefold()
+    for sentence in _sentences(text):
+        key = _sentence_key(sentence)
+        if sentence.endswith(":.") or sentence.endswith(":"):
+            continue
+        if ":" in sentence and _sentence_key(sentence.split(":", 1)[1]) in seen:
+            continue
         if key and key not in seen:
             seen.add(key)
             kept.append(sentence)
@@ -78,12 +94,14 @@ def ask_text(
     attempts: int = DEFAULT_ATTEMPTS,
     min_chars: int = 2,
     max_sentences: int | None = None,
+    echo: str = "",
 ) -> str:
-    """Ask for prose; re-ask when the reply is empty."""
+    """Ask for prose; re-ask when the reply is empty. Sentences copied from ``echo`` (the
+    context the model was shown) do not count as an answer."""
     messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(user)]
     for _ in range(attempts):
         reply = llm.invoke(messages)
-        text = clean_text(message_text(reply), max_sentences)
+        text = clean_text(message_text(reply), max_sentences, echo=echo)
         if len(text) >= min_chars:
             return text
         messages += [AIMessage(message_text(reply) or "(empty)"),

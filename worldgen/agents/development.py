@@ -21,12 +21,12 @@ class Development:
         self.llm = llm
 
     def __call__(self, state: dict[str, Any]) -> dict[str, Any]:
-        world = state["world"]
+        summary = state["world"].summary()
         action = state.get("action")
-        prompt = f"The world so far:\n{world.summary()}\n\n"
+        prompt = f"The world so far:\n{summary}\n\n"
         prompt += (
             f"The user acts: {action}\nWhat happens next, given this action?"
             if action
             else "No one intervenes. What happens next?"
         )
-        return {"block1": {"text": ask_text(self.llm, "development", SYSTEM, prompt, max_sentences=2)}}
+        return {"block1": {"text": ask_text(self.llm, "development", SYSTEM, prompt, max_sentences=2, echo=summary)}}
