@@ -205,3 +205,39 @@ def test_architect_prefills_models_that_continue_a_reply():
     out = Architect(llm)({"block1": {"text": "dawn"}, "world": W()})
     assert out["block2"].slots[0].prompt == "a hill at dawn"
     assert llm.seen[0][-1].content == PREFILL  # the reply was started for the model
+
+
+def test_creator_renders_image_slots_with_a_diffusers_checkpoint(tmp_path):
+    from tests.tiny_diffusers import build_tiny_stable_diffusion
+
+    folder = build_tiny_stable_diffusion(tmp_path / "sd")
+    config = json.dumps({"slots": [{"name": "scene", "kind": "image", "prompt": "a hill",
+                                    "params": {"width": 32, "height": 32, "num_inference_steps": 2}}]})
+    world, _ = canon_world(tmp_path, "A hill rises.", config, text_to_image=f"diffusers:{folder}")
+    with world:
+        (ref,) = world.invoke().state.block3.items
+        assert ref.meta["generator"] == f"diffusers:{folder}"
+        image = world.artifacts.open_image(ref)
+        assert image.size == (32, 32)
+        assert yaml_text(world.root) .count(f"diffusers:{folder}") == 1
+
+
+def yaml_text(root):
+    return (root / "world.yaml").read_text()
+
+
+def test_secrets_never_reach_config_checkpoint_or_snapshot(tmp_path, monkeypatch):
+    secret = "sk-test-DO-NOT-LEAK-1234567890"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    world = World.from_template(
+        "canon", root=tmp_path / "w", llm="openai:gpt-4o-mini",
+        stages={"development": lambda s: {"block1": "x"}, "architect": lambda s: {"block2": "y"},
+                "creator": lambda s: {"block3": "z"}, "philosopher": lambda s: {"block4": "d"},
+                "author": lambda s: {"block5": "o"}},
+    )
+    with world:
+        world.invoke(num_steps=2)
+    assert "openai:gpt-4o-mini" in yaml_text(world.root)
+    for path in world.root.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path

@@ -327,3 +327,25 @@ def test_ctrl_c_exits_130_and_the_next_run_resumes(tmp_path: Path, scripted: Any
     assert result.exit_code == 0, result.output
     assert "resuming an interrupted run" in result.output
     assert "✓ pass 1  architect" in result.output
+
+
+@pytest.mark.slow
+def test_demo_runs_two_passes_on_the_embedded_models(tmp_path):
+    """What `make demo` does: the real SmolLM2 and the procedural renderer, end to end."""
+    import sys
+
+    root = tmp_path / "demo"
+    exe = Path(sys.executable).parent / "worldgen"
+    proc = subprocess.run(
+        [str(exe), "run", "--root", str(root), "--steps", "2"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(list((root / "states").glob("*.json"))) == 1
+    html = (root / "chronicle.html").read_text()
+    assert "<img" in html and "artifacts/" in html
+    with World.open(root) as world:
+        episode = world.content.chronicle[0]
+        assert episode["outcome"].strip() and episode["intent"].strip()
+        assert world.state.filled() == {1, 2, 3}
+        assert any(a["kind"] == "image" for a in episode["artifacts"])

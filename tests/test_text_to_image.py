@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -96,18 +95,6 @@ def test_label_marks_the_image_as_procedural() -> None:
     corner = im.crop((0, im.height - 24, 90, im.height)).convert("L")
     lo, hi = corner.getextrema()
     assert lo < 40 and hi > 200  # dark tag with light text
-
-
-def test_procedural_is_fast() -> None:
-    render("warm-up", seed=0)
-    best = min(_timed(lambda: render("a castle by the sea at dusk with trees", seed=s)) for s in range(3))
-    assert best < 0.5
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 # --------------------------------------------------------------------------- resolver and tool
