@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -291,26 +290,6 @@ def test_trace_events_render_with_reasons(tmp_path: Path) -> None:
     with World.from_template("canon", root=tmp_path / "w", stages=scripted_stages()) as world:
         html = write_chronicle(world, trace=trace).read_text(encoding="utf-8")
     assert "needs &lt;block&gt; 4" in html
-
-
-# --------------------------------------------------------------------------------------
-# a quick look, when a headless browser is around (never installed for this)
-# --------------------------------------------------------------------------------------
-def test_chronicle_renders_in_headless_chromium(tmp_path: Path, scripted: Any) -> None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed")
-    scripted()
-    root = tmp_path / "w"
-    assert runner.invoke(cli.app, ["run", "--root", str(root), "--steps", "2"]).exit_code == 0
-    shot = tmp_path / "chronicle.png"
-    subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-         "--window-size=1000,1600", (root / "chronicle.html").as_uri()],
-        check=True, capture_output=True, timeout=60,
-    )
-    with Image.open(shot) as im:
-        assert im.size == (1000, 1600)
 
 
 def test_ctrl_c_exits_130_and_the_next_run_resumes(tmp_path: Path, scripted: Any) -> None:
