@@ -21,7 +21,9 @@ import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
+
+from typing_extensions import TypedDict  # pydantic (LangGraph Server schemas) needs it before 3.12
 
 import yaml
 from langchain_core.runnables import RunnableConfig
