@@ -21,23 +21,22 @@ import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from typing_extensions import TypedDict  # pydantic (LangGraph Server schemas) needs it before 3.12
 
 import yaml
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
-from langgraph.store.sqlite import SqliteStore
-from langgraph.types import Overwrite, RetryPolicy
+from langgraph.types import RetryPolicy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from worldgen.artifacts import ArtifactStore, check_name
 from worldgen.content import ContentSnapshot, InitialWorld, WorldContent
+from worldgen.storage import open_checkpointer, open_store
 from worldgen.stage import CYCLE, Condition, Stage, StageImpl, TransitionError
 from worldgen.state import BLOCK_NUMBERS, BLOCK_TYPES, StateError, WorldState, block_key
 
@@ -51,10 +50,6 @@ _BLOCK_KEYS = tuple(block_key(n) for n in BLOCK_NUMBERS)
 # --------------------------------------------------------------------------------------
 # graph state
 # --------------------------------------------------------------------------------------
-def _append(old: list[dict[str, Any]] | None, new: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    return [*(old or []), *(new or [])]
-
-
 class WorldInput(TypedDict, total=False):
     """What a caller (World.invoke, Studio, the server) sends into a run."""
 
@@ -70,15 +65,16 @@ class WorldInput(TypedDict, total=False):
 class WorldChannels(WorldInput, total=False):
     """The world graph's state: the blocks plus control channels.
 
-    ``passes`` is this run's pass count, ``cursor`` the (pass, cycle index) of the last
-    transition that ran, ``episode`` the number of World updates so far on this thread and
-    ``trace`` this run's transition events.
+    ``passes`` is this run's pass count and ``episode`` the number of World updates so far
+    on this thread. ``trace`` holds the latest step's events: the transition that ran and
+    the skips that follow it; its "ran" event is where the run stands. The whole run's
+    trace is streamed (and returned by ``World.invoke``), and every step's events stay in
+    the checkpoint history — keeping only the latest in state holds each checkpoint small.
     """
 
     passes: int
-    cursor: list[int]
     episode: int
-    trace: Annotated[list[dict[str, Any]], _append]
+    trace: list[dict[str, Any]]
 
 
 # --------------------------------------------------------------------------------------
@@ -195,12 +191,14 @@ class World:
         self.root.mkdir(parents=True, exist_ok=True)
         self.artifacts = ArtifactStore(self.root)
         self._conns: list[sqlite3.Connection] = []
+        self._settled: set[str] = set()  # threads whose last run ended in this process
         if store is None:
-            store = SqliteStore(self._connect("store.sqlite"))
-            store.setup()
+            store, conn = open_store(self.root)
+            self._conns.append(conn)
         self.store = store
         if checkpointer is None:
-            checkpointer = SqliteSaver(self._connect("checkpoints.sqlite"))
+            checkpointer, conn = open_checkpointer(self.root)
+            self._conns.append(conn)
         self.content_view = WorldContent(self.store, self.config.world_id, self.artifacts)
         self.content_view.seed(self.config.initial_world)
         self._write_config()
@@ -291,9 +289,10 @@ class World:
         an explicit state replaces it. ``action`` reaches Development only, on the first pass.
         """
         thread = thread_id or "main"
-        trace = list(self.stream(state, action, num_steps=num_steps, thread_id=thread))
+        final: dict[str, Any] = {}
+        trace = list(self._run(state, action, num_steps, thread, final))
         return WorldResult(
-            state=self.current_state(thread),
+            state=WorldState.from_channels(final),
             trace=trace,
             snapshots=[self.root / e.snapshot for e in trace if e.snapshot],
             thread_id=thread,
@@ -310,28 +309,42 @@ class World:
         thread_id: str | None = None,
     ) -> Iterator[TraceEvent]:
         """Yield trace events as the transitions run."""
+        return self._run(state, action, num_steps, thread_id or "main", {})
+
+    def _run(
+        self,
+        state: WorldState | Mapping[str, Any] | None,
+        action: str | None,
+        num_steps: int,
+        thread: str,
+        final: dict[str, Any],
+    ) -> Iterator[TraceEvent]:
+        """Stream one run's trace events; ``final`` receives the state the run ends on."""
         if not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
         if action is not None and not isinstance(action, str):
             raise TypeError(f"action must be a string or None, got {type(action).__name__}")
-        cfg = self._run_config(thread_id)
+        cfg = self._run_config(thread)
         parsed = None if state is None else WorldState.parse(state)  # fail before persisting
         inputs: dict[str, Any] | None
-        if parsed is None and action is None and self.interrupted(thread_id):
+        if parsed is None and action is None and thread not in self._settled and self.interrupted(thread):
             inputs = None  # an interrupted run: finish it from its last checkpoint
         else:
             inputs = {"num_steps": num_steps, "action": action}
             if parsed is not None:
                 inputs.update(parsed.to_channels())
-        for chunk in self.graph.stream(inputs, cfg, stream_mode="updates", durability="sync"):
+        self._settled.discard(thread)
+        for mode, chunk in self.graph.stream(inputs, cfg, stream_mode=["updates", "values"], durability="sync"):
+            if mode == "values":
+                final.clear()
+                final.update(chunk)
+                continue
             for update in chunk.values():
-                if not isinstance(update, Mapping):
-                    continue
-                events = update.get("trace") or []
-                if isinstance(events, Overwrite):
-                    events = events.value
-                for e in events:
-                    yield TraceEvent.model_validate(e)
+                if isinstance(update, Mapping):
+                    for e in update.get("trace") or ():
+                        yield TraceEvent.model_validate(e)
+        # this process saw the run end: the next call needs no check for an interrupted run
+        self._settled.add(thread)
 
     def interrupted(self, thread_id: str | None = None) -> bool:
         """Whether a run on this thread stopped mid-way (a crash, a kill, a failed transition)."""
@@ -379,12 +392,6 @@ class World:
         self.close()
 
     # -- internals ------------------------------------------------------------------------
-    def _connect(self, name: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.root / name, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        self._conns.append(conn)
-        return conn
-
     def _write_config(self) -> None:
         self.config.dump(self.root / "world.yaml")
 
@@ -398,8 +405,7 @@ class World:
         return WorldContent(store, self.config.world_id, self.artifacts)
 
     def _next_target(self, state: Mapping[str, Any]) -> str:
-        cursor = tuple(state.get("cursor") or (1, -1))
-        return _route(state, cursor, state.get("passes") or 1, self._conditions)[1]
+        return _route(state, _cursor(state), state.get("passes") or 1, self._conditions)[1]
 
     def _intake_node(self, state: WorldChannels) -> dict[str, Any]:
         """Normalise this run's input: coerce blocks, reset the trace, set the pass count."""
@@ -413,9 +419,9 @@ class World:
             if value != state.get(key):
                 update[key] = value
         num_steps = state.get("num_steps") or 1
-        update.update(num_steps=None, passes=num_steps, cursor=[1, -1])
+        update.update(num_steps=None, passes=num_steps)
         merged = {**state, **update}
-        update["trace"] = Overwrite(_route(merged, (1, -1), num_steps, self._conditions)[0])
+        update["trace"] = _route(merged, (1, -1), num_steps, self._conditions)[0]
         return update
 
     def _materialise(self, block3: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -433,7 +439,7 @@ class World:
         world = self
 
         def node(state: WorldChannels, config: RunnableConfig, store: BaseStore) -> dict[str, Any]:
-            last_pass, last_index = state.get("cursor") or (1, -1)
+            last_pass, last_index = _cursor(state)
             position = (last_pass if index > last_index else last_pass + 1, index)
             inputs: dict[str, Any] = {key: state.get(key) for key in stage.input_keys()}
             inputs["action"] = state.get("action") if is_development else None
@@ -459,7 +465,9 @@ class World:
             if is_development:
                 if not update.get("block1"):
                     raise TransitionError(transition, "must return a non-empty block1 (the next intent)")
-                update.update({k: None for k in _BLOCK_KEYS[1:]}, action=None)
+                update.update({k: None for k in _BLOCK_KEYS[1:] if state.get(k) is not None})
+                if state.get("action") is not None:
+                    update["action"] = None  # consumed: later passes run on their own
                 event["reason"] = "starts a new state from the world" + (
                     " and the action" if state.get("action") else ""
                 )
@@ -467,7 +475,6 @@ class World:
                 event["snapshot"] = world._write_snapshot(state, episode, inputs["episode_key"], config, position[0])
                 update["episode"] = episode
                 event["reason"] = "state is full: applied to the world and saved"
-            update["cursor"] = list(position)
             merged = {**state, **update}
             update["trace"] = [event, *_route(merged, position, state.get("passes") or 1, world._conditions)[0]]
             return update
@@ -514,6 +521,14 @@ _CANON_INITIAL = {
 # --------------------------------------------------------------------------------------
 # routing: a pure function of the state, shared by the nodes and the conditional edges
 # --------------------------------------------------------------------------------------
+def _cursor(state: Mapping[str, Any]) -> tuple[int, int]:
+    """(pass, cycle index) of the last transition that ran in this run; (1, -1) before any."""
+    for event in reversed(state.get("trace") or ()):
+        if event["status"] == "ran":
+            return event["pass"], _INDEX[event["transition"]]
+    return 1, -1
+
+
 def _filled(state: Mapping[str, Any]) -> set[int]:
     # the world keeps a block channel None unless it holds a filled block
     return {n for n, key in zip(BLOCK_NUMBERS, _BLOCK_KEYS) if state.get(key)}
