@@ -346,3 +346,24 @@ def test_invalid_block_from_a_stage_names_it(make_world):
     world = make_world(architect=lambda s: {"block2": {"slots": "nope"}})
     with pytest.raises(TransitionError, match="architect: returned an invalid block2"):
         world.invoke()
+
+
+def test_an_injected_store_gets_the_initial_world(tmp_path, log):
+    """On LangGraph Server the graph runs on the platform's store: it is seeded too."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.store.memory import InMemoryStore
+
+    seen = {}
+
+    def development(state):
+        seen["story"] = state["world"].story()
+        return {"block1": "next"}
+
+    world = World.from_template("canon", root=tmp_path / "w", initial_world={"story": "A valley."},
+                                stages={**log.stages(), "development": development})
+    with world:
+        store = InMemoryStore()
+        graph = world.compile(checkpointer=InMemorySaver(), store=store)
+        graph.invoke({"num_steps": 1}, {"configurable": {"thread_id": "t"}})
+        assert seen["story"] == "A valley."
+        assert store.get(("worlds", world.world_id, "style"), "story").value == {"text": "A valley."}

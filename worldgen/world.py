@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -192,6 +191,7 @@ class World:
         self.artifacts = ArtifactStore(self.root)
         self._conns: list[sqlite3.Connection] = []
         self._settled: set[str] = set()  # threads whose last run ended in this process
+        self._views: dict[int, WorldContent] = {}  # content views on injected stores
         if store is None:
             store, conn = open_store(self.root)
             self._conns.append(conn)
@@ -400,9 +400,15 @@ class World:
         return {"configurable": {"thread_id": thread}, "recursion_limit": 10_000}
 
     def _content(self, store: BaseStore | None) -> WorldContent:
+        """The content in the store this run was given (the server's own, when served)."""
         if store is None or store is self.store:
             return self.content_view
-        return WorldContent(store, self.config.world_id, self.artifacts)
+        view = self._views.get(id(store))
+        if view is None or view.store is not store:
+            view = WorldContent(store, self.config.world_id, self.artifacts)
+            view.seed(self.config.initial_world)
+            self._views[id(store)] = view
+        return view
 
     def _next_target(self, state: Mapping[str, Any]) -> str:
         return _route(state, _cursor(state), state.get("passes") or 1, self._conditions)[1]
@@ -587,8 +593,9 @@ def _canon_stages(llm: Any, text_to_image: Any, overrides: Mapping[str, Stage | 
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Write-then-rename: a crash never leaves half a file under the final name (a world has
+    one writer, so a fixed temporary name is safe)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

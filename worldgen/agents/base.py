@@ -28,18 +28,7 @@ class ModelOutputError(ValueError):
 
 def message_text(message: BaseMessage | str) -> str:
     """The text of a reply, whatever content-block shape the provider used."""
-    if isinstance(message, str):
-        return message
-    content = message.content
-    if isinstance(content, str):
-        return content
-    parts = []
-    for block in content:
-        if isinstance(block, str):
-            parts.append(block)
-        elif isinstance(block, dict) and block.get("type") == "text":
-            parts.append(str(block.get("text", "")))
-    return "".join(parts)
+    return message if isinstance(message, str) else message.text
 
 
 _THINK = re.compile(r"<think>.*?</think>", re.S)
