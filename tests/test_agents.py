@@ -241,3 +241,14 @@ def test_secrets_never_reach_config_checkpoint_or_snapshot(tmp_path, monkeypatch
     for path in world.root.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_clean_text_drops_a_sentence_cut_off_by_the_token_budget():
+    from worldgen.agents.base import clean_text
+
+    assert clean_text("The gate opens. A bird flies over the", 3) == "The gate opens."
+    assert clean_text("A bird flies over the", 3) == "A bird flies over the"
+
+
+def test_contractions_are_not_entities_and_possessives_name_the_owner():
+    assert extract_entities("She's calm. Tamsin's lamp burns. They're gone.") == ["Tamsin"]

@@ -71,6 +71,8 @@ def clean_text(text: str, max_sentences: int | None = None, echo: str = "") -> s
             kept.append(sentence)
         if len(kept) == max_sentences:
             break
+    if len(kept) > 1 and not kept[-1].rstrip('"\')”').endswith((".", "!", "?", "…")):
+        kept.pop()  # cut off by the token budget mid-sentence
     return " ".join(kept)
 
 

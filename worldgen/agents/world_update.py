@@ -27,7 +27,8 @@ def extract_entities(text: str, glossary: dict[str, str] | None = None) -> list[
     a model's mood."""
     found: dict[str, None] = {}
     for match in _NAME.finditer(text):
-        words = match.group(0).split()
+        # "Tamsin's" names Tamsin; "She's" names nobody
+        words = [re.sub(r"['’](s|re|ll|d|ve|m)$", "", w) for w in match.group(0).split()]
         while words and words[0] in _NOT_NAMES:
             words = words[1:]
         name = " ".join(words).strip(" '’-")
