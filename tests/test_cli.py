@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 import worldgen.cli as cli
 from worldgen.agents.world_update import WorldUpdate
 from worldgen.chronicle import write_chronicle
-from worldgen.world import TraceEvent, World
+from worldgen.world import TraceEvent, World, WorldConfig
 
 OUTCOME = "Mara of Hollow Hill watched the <red> sky & said nothing."
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
@@ -51,9 +51,11 @@ def scripted(monkeypatch: pytest.MonkeyPatch):
     chosen: dict[str, Any] = {"stages": scripted_stages()}
     calls: list[tuple[Any, ...]] = []
 
-    def open_world(root: Path, llm: str | None, text_to_image: str | None) -> World:
+    def open_world(root: Path, llm: str | None, text_to_image: str | None, review: bool | None = None) -> World:
         calls.append((root, llm, text_to_image))
-        return World.from_template("canon", root=root, stages=chosen["stages"])
+        if review is None and (root / "world.yaml").exists():
+            review = WorldConfig.load(root / "world.yaml").review
+        return World.from_template("canon", root=root, stages=chosen["stages"], review=bool(review))
 
     monkeypatch.setattr(cli, "_open_world", open_world)
 
@@ -328,3 +330,24 @@ def test_demo_runs_two_passes_on_the_embedded_models(tmp_path):
         assert episode["outcome"].strip() and episode["intent"].strip()
         assert world.state.filled() == {1, 2, 3}
         assert any(a["kind"] == "image" for a in episode["artifacts"])
+
+
+def test_review_pauses_then_the_review_command_answers(tmp_path: Path, scripted: Any, monkeypatch) -> None:
+    root = tmp_path / "w"
+    monkeypatch.setattr(cli, "_open_for_reading", lambda r: World.from_template(
+        "canon", root=r, stages=scripted_stages(), review=True))
+    result = runner.invoke(cli.app, ["run", "--root", str(root), "--steps", "2", "--review"])
+    assert result.exit_code == 0, result.output
+    assert "waits for review" in result.output and "waiting for review" in result.output
+    assert not list((root / "states").glob("*.json"))
+    result = runner.invoke(cli.app, ["review", "--root", str(root), "--outcome", "Mara left Hollow Hill."])
+    assert result.exit_code == 0, result.output
+    (snap,) = (root / "states").glob("*.json")
+    assert json.loads(snap.read_text())["state"]["block5"] == {"text": "Mara left Hollow Hill."}
+    result = runner.invoke(cli.app, ["review", "--root", str(root), "--approve"])
+    assert result.exit_code == 1 and "no World update is waiting" in result.output + result.stderr
+
+
+def test_review_needs_exactly_one_answer(tmp_path: Path) -> None:
+    result = runner.invoke(cli.app, ["review", "--root", str(tmp_path), "--approve", "--reject"])
+    assert result.exit_code == 1 and "exactly one" in result.stderr

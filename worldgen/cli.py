@@ -7,6 +7,7 @@ Only typer and rich are imported at module level; the world (LangGraph) and its 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,14 +52,14 @@ def _err() -> Console:
 # --------------------------------------------------------------------------------------
 # opening worlds (tests monkeypatch _open_world to inject scripted stages)
 # --------------------------------------------------------------------------------------
-def _open_world(root: Path, llm: str | None, text_to_image: str | None) -> World:
+def _open_world(root: Path, llm: str | None, text_to_image: str | None, review: bool | None = None) -> World:
     """Reopen the world at ``root`` (overrides only when given), or create a canon world there."""
     from worldgen.world import World
 
     if (root / "world.yaml").exists():
-        return World.open(root, llm=llm, text_to_image=text_to_image)
+        return World.open(root, llm=llm, text_to_image=text_to_image, review=review)
     return World.from_template(
-        "canon", root=root, llm=llm or "local", text_to_image=text_to_image or "procedural"
+        "canon", root=root, llm=llm or "local", text_to_image=text_to_image or "procedural", review=bool(review)
     )
 
 
@@ -115,15 +116,20 @@ def run(
         str | None,
         typer.Option("--text-to-image", help='"procedural" or "diffusers:<folder>" (default: the world\'s).'),
     ] = None,
+    review: Annotated[
+        bool | None,
+        typer.Option("--review/--no-review", help="Pause before each World update for you to approve, edit or reject."),
+    ] = None,
 ) -> None:
     """Run passes of the world at ROOT (created if new), then write its chronicle.html."""
     out = _out()
     with _clean_errors():
-        world = _open_world(root, llm, text_to_image)
+        world = _open_world(root, llm, text_to_image, review)
         try:
             started = time.perf_counter()
             try:
                 trace = _stream(world, steps, action, out)
+                trace += _answer_reviews(world, out)
             except KeyboardInterrupt:
                 _err().print("[yellow]interrupted[/]: the world stays at its last checkpoint; "
                              "`worldgen run` again resumes it.")
@@ -147,6 +153,12 @@ def _stream(world: World, steps: int, action: str | None, out: Console) -> list[
         out.print(f"[yellow]resuming an interrupted run ({total} pass{'es' if total != 1 else ''}) "
                   "from its last checkpoint; --steps applies to the next run[/]")
     out.print(f"world [bold]{escape(world.world_id)}[/] at {escape(str(world.root))}")
+    events = world.stream(None, action, num_steps=steps) if not resuming else world.stream()
+    return _show(events, total, "resuming…" if resuming else "philosopher", out)
+
+
+def _show(events: Iterator[TraceEvent], total: int, first: str, out: Console) -> list[TraceEvent]:
+    """One line per finished transition and a bar over the passes."""
     trace: list[TraceEvent] = []
     done: set[int] = set()
     progress = Progress(
@@ -160,9 +172,8 @@ def _stream(world: World, steps: int, action: str | None, out: Console) -> list[
         transient=False,
     )
     with progress:
-        task = progress.add_task(_running("resuming…" if resuming else "philosopher", 1, total), total=total)
+        task = progress.add_task(_running(first, 1, total), total=total)
         last = time.perf_counter()
-        events = world.stream(None, action, num_steps=steps) if not resuming else world.stream()
         for event in events:
             now = time.perf_counter()
             # skips arrive with (right after) the transition that ran before them: no time of their own
@@ -179,6 +190,58 @@ def _stream(world: World, steps: int, action: str | None, out: Console) -> list[
             )
         progress.update(task, completed=total, description="[green]done[/]")
     return trace
+
+
+def _answer_reviews(world: World, out: Console) -> list[TraceEvent]:
+    """Ask about each paused World update (when someone is at the terminal) and go on."""
+    trace: list[TraceEvent] = []
+    while (candidate := world.pending_review()) is not None:
+        out.print(_review_panel(candidate))
+        if not sys.stdin.isatty():
+            out.print("[yellow]waiting for review[/]: answer with `worldgen review --approve`, "
+                      "`--reject` or `--outcome TEXT`")
+            break
+        choice = typer.prompt("approve, reject or edit the outcome? [a/r/e]", default="a").strip().lower()
+        decision: Any = "reject" if choice.startswith("r") else "approve"
+        if choice.startswith("e"):
+            decision = {"block5": typer.prompt("the outcome (block 5)")}
+        trace += _show(world.stream_review(decision), 1, "world_update", out)
+    return trace
+
+
+def _review_panel(candidate: dict[str, Any]) -> Panel:
+    state = candidate.get("state") or {}
+    lines = [f"[bold]block {key[5:]}[/] {escape(_as_text(value))}" for key, value in state.items()]
+    return Panel("\n".join(lines), title=f"World update of pass {candidate.get('pass')} waits for review")
+
+
+@app.command("review")
+def review_command(
+    root: RootOption = DEFAULT_ROOT,
+    approve: Annotated[bool, typer.Option("--approve", help="Apply the state as it is.")] = False,
+    reject: Annotated[bool, typer.Option("--reject", help="Drop the state; the world develops on.")] = False,
+    outcome: Annotated[str | None, typer.Option("--outcome", help="Replace block 5, then apply.")] = None,
+) -> None:
+    """Answer a World update paused for review, then finish the run."""
+    out = _out()
+    if approve + reject + (outcome is not None) != 1:
+        _err().print("[red]error[/]: give exactly one of --approve, --reject, --outcome TEXT")
+        raise typer.Exit(1)
+    decision: Any = "approve" if approve else "reject" if reject else {"block5": outcome}
+    with _clean_errors():
+        world = _open_for_reading(root)
+        try:
+            if world.pending_review() is None:
+                raise ValueError(f"{root}: no World update is waiting for review")
+            world.close()
+            world = _open_world(root, None, None)
+            trace = _show(world.stream_review(decision), 1, "world_update", out)
+            trace += _answer_reviews(world, out)
+            from worldgen.chronicle import write_chronicle
+
+            out.print(f"chronicle: [bold]{escape(str(write_chronicle(world, trace=trace)))}[/]")
+        finally:
+            world.close()
 
 
 def _pending_run(world: World, action: str | None) -> int | None:

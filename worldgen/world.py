@@ -30,7 +30,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
-from langgraph.types import RetryPolicy
+from langgraph.types import Command, RetryPolicy, interrupt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from worldgen.artifacts import ArtifactStore, check_name
@@ -91,6 +91,8 @@ class TraceEvent(BaseModel):
     snapshot: str | None = None
     #: wall time of the transition (0 for a skip)
     seconds: float = 0.0
+    #: a person's verdict on a reviewed World update
+    review: Literal["approved", "edited", "rejected"] | None = None
 
 
 class WorldResult(BaseModel):
@@ -102,6 +104,8 @@ class WorldResult(BaseModel):
     trace: list[TraceEvent]
     snapshots: list[Path]
     thread_id: str
+    #: the candidate state a paused World update waits on (``World.review`` answers it)
+    pending_review: dict[str, Any] | None = None
 
     def ran(self) -> list[str]:
         """The transitions that ran, in order."""
@@ -127,6 +131,8 @@ class WorldConfig(BaseModel):
     text_to_image: str | None = "procedural"
     initial_world: InitialWorld = Field(default_factory=InitialWorld)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    #: pause before each World update for a person to approve, edit or reject the state
+    review: bool = False
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> WorldConfig:
@@ -217,6 +223,7 @@ class World:
         stages: Mapping[str, Stage | StageImpl] | None = None,
         initial_world: InitialWorld | Mapping[str, Any] | None = None,
         description: str = "",
+        review: bool = False,
     ) -> World:
         """The canon world, its six transitions driven by ``llm`` unless given in ``stages``."""
         if name not in ("canon", "canon_2.0"):
@@ -232,6 +239,7 @@ class World:
             llm=llm if isinstance(llm, str) or llm is None else None,
             text_to_image=text_to_image if isinstance(text_to_image, str) or text_to_image is None else None,
             initial_world=InitialWorld.model_validate(initial_world if initial_world is not None else _CANON_INITIAL),
+            review=review,
         )
         return cls(_canon_stages(llm, text_to_image, stages or {}), root=root, config=config)
 
@@ -243,6 +251,7 @@ class World:
         llm: Any = None,
         text_to_image: Any = None,
         stages: Mapping[str, Stage | StageImpl] | None = None,
+        review: bool | None = None,
     ) -> World:
         """Reopen a world from its root; it continues where it stopped."""
         path = Path(root) / "world.yaml"
@@ -255,6 +264,7 @@ class World:
             update={
                 "llm": llm if isinstance(llm, str) or llm is None else None,
                 "text_to_image": t2i if isinstance(t2i, str) or t2i is None else None,
+                "review": config.review if review is None else review,
             }
         )
         return cls(_canon_stages(llm, t2i, stages or {}), root=root, config=config)
@@ -289,14 +299,7 @@ class World:
         an explicit state replaces it. ``action`` reaches Development only, on the first pass.
         """
         thread = thread_id or "main"
-        final: dict[str, Any] = {}
-        trace = list(self._run(state, action, num_steps, thread, final))
-        return WorldResult(
-            state=WorldState.from_channels(final),
-            trace=trace,
-            snapshots=[self.root / e.snapshot for e in trace if e.snapshot],
-            thread_id=thread,
-        )
+        return self._result(self._inputs(state, action, num_steps, thread), thread)
 
     run = invoke
 
@@ -309,37 +312,79 @@ class World:
         thread_id: str | None = None,
     ) -> Iterator[TraceEvent]:
         """Yield trace events as the transitions run."""
-        return self._run(state, action, num_steps, thread_id or "main", {})
+        thread = thread_id or "main"
+        return self._run(self._inputs(state, action, num_steps, thread), thread, {})
 
-    def _run(
-        self,
-        state: WorldState | Mapping[str, Any] | None,
-        action: str | None,
-        num_steps: int,
-        thread: str,
-        final: dict[str, Any],
-    ) -> Iterator[TraceEvent]:
-        """Stream one run's trace events; ``final`` receives the state the run ends on."""
+    def review(self, decision: ReviewDecision, thread_id: str | None = None) -> WorldResult:
+        """Answer a paused World update and finish the run.
+
+        ``decision`` is ``"approve"``, ``"reject"`` (the state is dropped, as on a non-full
+        state) or a dict of blocks that replace the candidate's (the state must stay full).
+        """
+        thread = thread_id or "main"
+        self._check_review(decision, thread)  # a bad decision fails here, before anything is resumed
+        return self._result(Command(resume=decision), thread)
+
+    def stream_review(self, decision: ReviewDecision, thread_id: str | None = None) -> Iterator[TraceEvent]:
+        """``review``, yielding the trace events as the rest of the run happens."""
+        thread = thread_id or "main"
+        self._check_review(decision, thread)
+        return self._run(Command(resume=decision), thread, {})
+
+    def _check_review(self, decision: ReviewDecision, thread: str) -> None:
+        if self.pending_review(thread) is None:
+            raise ValueError(f"thread {thread!r} has no World update waiting for review")
+        if not self.config.review:
+            raise ValueError("this world is open with review off; reopen it with review=True to answer")
+        _Review.parse(decision)  # a bad decision fails here, before anything is resumed
+
+    def pending_review(self, thread_id: str | None = None) -> dict[str, Any] | None:
+        """The candidate state a paused World update waits on, or None."""
+        snapshot = self.graph.get_state(self._run_config(thread_id))
+        for interrupt_ in snapshot.interrupts:
+            if isinstance(interrupt_.value, Mapping) and interrupt_.value.get("review") == "world_update":
+                return dict(interrupt_.value)
+        return None
+
+    def _inputs(
+        self, state: WorldState | Mapping[str, Any] | None, action: str | None, num_steps: int, thread: str
+    ) -> dict[str, Any] | None:
+        """The graph input for a call: a new run, or None to finish an interrupted one."""
         if not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
         if action is not None and not isinstance(action, str):
             raise TypeError(f"action must be a string or None, got {type(action).__name__}")
-        cfg = self._run_config(thread)
         parsed = None if state is None else WorldState.parse(state)  # fail before persisting
-        inputs: dict[str, Any] | None
         if parsed is None and action is None and thread not in self._settled and self.interrupted(thread):
-            inputs = None  # an interrupted run: finish it from its last checkpoint
-        else:
-            inputs = {"num_steps": num_steps, "action": action}
-            if parsed is not None:
-                inputs.update(parsed.to_channels())
+            return None
+        inputs: dict[str, Any] = {"num_steps": num_steps, "action": action}
+        if parsed is not None:
+            inputs.update(parsed.to_channels())
+        return inputs
+
+    def _result(self, inputs: Any, thread: str) -> WorldResult:
+        final: dict[str, Any] = {}
+        trace = list(self._run(inputs, thread, final))
+        return WorldResult(
+            state=WorldState.from_channels(final),
+            trace=trace,
+            snapshots=[self.root / e.snapshot for e in trace if e.snapshot],
+            thread_id=thread,
+            pending_review=final.get("__review__"),
+        )
+
+    def _run(self, inputs: Any, thread: str, final: dict[str, Any]) -> Iterator[TraceEvent]:
+        """Stream one run's trace events; ``final`` receives the state the run ends on."""
+        cfg = self._run_config(thread)
         self._settled.discard(thread)
         for mode, chunk in self.graph.stream(inputs, cfg, stream_mode=["updates", "values"], durability="sync"):
             if mode == "values":
-                final.clear()
                 final.update(chunk)
                 continue
-            for update in chunk.values():
+            for key, update in chunk.items():
+                if key == "__interrupt__":
+                    final["__review__"] = dict(update[0].value)
+                    return  # paused: the thread is not settled
                 if isinstance(update, Mapping):
                     for e in update.get("trace") or ():
                         yield TraceEvent.model_validate(e)
@@ -445,12 +490,23 @@ class World:
         world = self
 
         def node(state: WorldChannels, config: RunnableConfig, store: BaseStore) -> dict[str, Any]:
+            node_input = state
             last_pass, last_index = _cursor(state)
             position = (last_pass if index > last_index else last_pass + 1, index)
             inputs: dict[str, Any] = {key: state.get(key) for key in stage.input_keys()}
             inputs["action"] = state.get("action") if is_development else None
             inputs["world"] = world._content(store)
             if is_update:
+                if world.config.review:
+                    verdict = _Review.parse(interrupt(_review_request(state, position[0])))
+                    if verdict.reject:
+                        return world._rejected(state, position)
+                    edits = {k: _coerce_block(transition, int(k[5:]), v) for k, v in verdict.edits.items()}
+                    if edits:
+                        state = {**state, **edits}
+                        inputs.update({k: v for k, v in edits.items() if k in inputs})
+                        if len(_filled(state)) < len(BLOCK_NUMBERS):
+                            raise TransitionError(transition, "an edited state must keep all five blocks filled")
                 episode = (state.get("episode") or 0) + 1
                 inputs["episode"] = episode
                 inputs["episode_key"] = world._episode_key(episode, config)
@@ -480,13 +536,23 @@ class World:
             if is_update:
                 event["snapshot"] = world._write_snapshot(state, episode, inputs["episode_key"], config, position[0])
                 update["episode"] = episode
+                update.update({k: state[k] for k in _BLOCK_KEYS if state.get(k) != node_input.get(k)})
                 event["reason"] = "state is full: applied to the world and saved"
+                if world.config.review:
+                    event["review"] = "edited" if verdict.edits else "approved"
             merged = {**state, **update}
             update["trace"] = [event, *_route(merged, position, state.get("passes") or 1, world._conditions)[0]]
             return update
 
         node.__name__ = transition
         return node
+
+    def _rejected(self, state: Mapping[str, Any], position: tuple[int, int]) -> dict[str, Any]:
+        """A reviewer rejected the candidate: the state is dropped, as a non-full one is."""
+        event = {"pass": position[0], "transition": "world_update", "status": "skipped",
+                 "reason": "rejected at review: dropped", "review": "rejected"}
+        passes = state.get("passes") or 1
+        return {"trace": [event, *_route(state, position, passes, self._conditions)[0]]}
 
     def _episode_key(self, episode: int, config: RunnableConfig) -> str:
         thread = str(config.get("configurable", {}).get("thread_id", "main"))
@@ -525,12 +591,41 @@ _CANON_INITIAL = {
 
 
 # --------------------------------------------------------------------------------------
+# review: a person approves, edits or rejects the state before World update
+# --------------------------------------------------------------------------------------
+ReviewDecision = Literal["approve", "reject"] | Mapping[str, Any]
+
+
+class _Review(BaseModel):
+    reject: bool = False
+    edits: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, decision: Any) -> _Review:
+        if decision in ("approve", True, None):
+            return cls()
+        if decision in ("reject", False):
+            return cls(reject=True)
+        if isinstance(decision, Mapping):
+            unknown = sorted(str(k) for k in decision if k not in _BLOCK_KEYS)
+            if unknown:
+                raise StateError(f"unknown block {', '.join(unknown)} in the review: edit block1 … block5")
+            WorldState.parse(dict(decision))  # names a malformed block
+            return cls(edits=dict(decision))
+        raise ValueError(f"a review decision is 'approve', 'reject' or a dict of blocks, got {decision!r}")
+
+
+def _review_request(state: Mapping[str, Any], pass_index: int) -> dict[str, Any]:
+    return {"review": "world_update", "pass": pass_index, "state": {k: state.get(k) for k in _BLOCK_KEYS}}
+
+
+# --------------------------------------------------------------------------------------
 # routing: a pure function of the state, shared by the nodes and the conditional edges
 # --------------------------------------------------------------------------------------
 def _cursor(state: Mapping[str, Any]) -> tuple[int, int]:
     """(pass, cycle index) of the last transition that ran in this run; (1, -1) before any."""
     for event in reversed(state.get("trace") or ()):
-        if event["status"] == "ran":
+        if event["status"] == "ran" or event.get("review"):  # a rejected update was still visited
             return event["pass"], _INDEX[event["transition"]]
     return 1, -1
 
