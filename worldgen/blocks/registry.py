@@ -75,8 +75,8 @@ class BlockRegistry:
     def _unknown_message(self, block_type: str) -> str:
         known = self.list()
         close = difflib.get_close_matches(block_type, known, n=3, cutoff=0.5)
-        hint = f"; did you mean {close}?" if close else ""
-        return f"unknown block type {block_type!r}{hint} Registered types: {known}"
+        hint = f" (did you mean {close}?)" if close else ""
+        return f"unknown block type {block_type!r}{hint}; registered types: {known}"
 
 
 _GLOBAL: BlockRegistry | None = None

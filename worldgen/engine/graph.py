@@ -22,7 +22,7 @@ from worldgen.blocks.roles import block_role
 from worldgen.engine.auto_connect import Ambiguity, AmbiguityPolicy, AutoConnectResult, plan_auto_edges
 from worldgen.engine.executor import Callback, run_graph
 from worldgen.engine.nodes import Edge, ExposedPort, Node
-from worldgen.engine.plan import ExecutionPlan, build_plan
+from worldgen.engine.plan import ExecutionPlan, build_plan, loop_order_of
 from worldgen.engine.validation import GraphValidationError, ValidationResult, validate_graph
 
 __all__ = ["BlockSpec", "Graph"]
@@ -80,9 +80,6 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._nodes
-
-    def __len__(self) -> int:
-        return len(self._nodes)
 
     def get_node(self, node_id: str) -> Node:
         try:
@@ -259,8 +256,10 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
 
     # ------------------------------------------------------------- running
     def plan(self) -> ExecutionPlan:
-        """The execution plan, rebuilt only after a structural change."""
-        if self._plan is None or self._plan.version != self._execution_version:
+        """The execution plan, rebuilt only after a structural change (or a new
+        ``metadata["loop_order"]``)."""
+        plan = self._plan
+        if plan is None or plan.version != self._execution_version or plan.loop_order != loop_order_of(self):
             self._plan = build_plan(self)
         return self._plan
 

@@ -73,6 +73,7 @@ class PlanStep:
 @dataclass(frozen=True, slots=True)
 class ExecutionPlan:
     version: int
+    loop_order: tuple[str, ...]  # graph.metadata["loop_order"] when built (it shapes cycles)
     steps: tuple[PlanStep, ...]
 
     def describe(self) -> list[tuple[str, tuple[str, ...]]]:
@@ -163,7 +164,11 @@ def build_plan(graph: Graph) -> ExecutionPlan:
             indegree[nxt] -= 1
             if indegree[nxt] == 0:
                 heapq.heappush(ready, (first[nxt], nxt))
-    return ExecutionPlan(graph.execution_version, tuple(steps))
+    return ExecutionPlan(graph.execution_version, loop_order_of(graph), tuple(steps))
+
+
+def loop_order_of(graph: Graph) -> tuple[str, ...]:
+    return tuple(graph.metadata.get("loop_order", ()))
 
 
 def _node_call(graph: Graph, node_id: str) -> NodeCall:
@@ -181,7 +186,7 @@ def _node_call(graph: Graph, node_id: str) -> NodeCall:
 def _cycle_order(
     graph: Graph, members: set[str], position: Mapping[str, int], seeded: set[tuple[str, str]]
 ) -> list[str]:
-    explicit = [n for n in graph.metadata.get("loop_order", ()) if n in members]
+    explicit = [n for n in loop_order_of(graph) if n in members]
     explicit_rank = {n: i for i, n in enumerate(explicit)}
 
     def key(nid: str) -> tuple[int, int, int, int]:
