@@ -12,6 +12,9 @@ Environment:
 * ``WORLDGEN_LLM`` — the chat model spec (``"local"``: the embedded SmolLM2-135M, loaded
   on first use; ``"openai:<model>"``: ChatOpenAI, reading ``OPENAI_API_KEY`` /
   ``OPENAI_BASE_URL``); default ``"local"``.
+* ``WORLDGEN_REVIEW`` — ``1`` pauses each run before World update (LangGraph ``interrupt``)
+  until a person answers with ``Command(resume="approve" | "reject" | {blocks})``, from
+  Studio or ``langgraph_sdk`` (``client.runs.create(..., command={"resume": ...})``).
 
 Importing is cheap: building the World opens its folder and two small SQLite files and
 writes ``world.yaml``; no model weights are read until the first transition asks a model.
@@ -35,7 +38,8 @@ def build_world() -> World:
     """The canonical world the server serves, from the environment."""
     root = os.environ.get("WORLDGEN_ROOT") or str(REPO / "worlds" / "studio")
     llm = os.environ.get("WORLDGEN_LLM") or "local"
-    return World.from_template("canon", root=root, llm=llm)
+    review = os.environ.get("WORLDGEN_REVIEW", "").strip().lower() in {"1", "true", "yes", "on"}
+    return World.from_template("canon", root=root, llm=llm, review=review)
 
 
 world: World = build_world()

@@ -43,7 +43,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _server_env(root: Path) -> dict[str, str]:
+def _server_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not _SECRET_VARS.search(k)}
     env.update(
         LANGSMITH_TRACING="false",
@@ -53,13 +53,14 @@ def _server_env(root: Path) -> dict[str, str]:
         WORLDGEN_LLM="local",
         PYTHONUNBUFFERED="1",
     )
+    env.update(extra or {})
     return env
 
 
 class Server:
     """A ``langgraph dev`` subprocess in its own process group, logging to a file."""
 
-    def __init__(self, log_path: Path, root: Path):
+    def __init__(self, log_path: Path, root: Path, extra_env: dict[str, str] | None = None):
         self.log_path = log_path
         self.root = root
         self.url: str | None = None
@@ -68,7 +69,7 @@ class Server:
             [str(LANGGRAPH), "dev", "--no-browser", "--no-reload",
              "--host", "127.0.0.1", "--port", str(_free_port())],
             cwd=REPO,
-            env=_server_env(root),
+            env=_server_env(root, extra_env),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -133,20 +134,35 @@ def server(tmp_path: Path) -> Iterator[Server]:
         srv.stop()
 
 
-def _run(client: Any, server: Server, thread_id: str, payload: dict[str, Any]) -> tuple[dict[str, Any], list]:
+@pytest.fixture
+def review_server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path / "langgraph-dev-review.log", tmp_path / f"world-{uuid.uuid4().hex[:12]}",
+                 {"WORLDGEN_REVIEW": "1"})
+    try:
+        srv.wait_healthy()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _run(
+    client: Any, server: Server, thread_id: str, payload: dict[str, Any] | None, *, command: Any = None,
+    pending_ok: bool = False,
+) -> tuple[dict[str, Any], list]:
     """Run ``world`` on the thread, streaming its updates; return the thread's values and
     the run's trace events (the ``trace`` channel keeps only the latest step's)."""
     events: list[dict[str, Any]] = []
     deadline = time.monotonic() + RUN_TIMEOUT
-    for part in client.runs.stream(thread_id, "world", input=payload, stream_mode="updates"):
+    for part in client.runs.stream(thread_id, "world", input=payload, command=command, stream_mode="updates"):
         assert part.event != "error", f"run {payload} failed: {part.data}\n{server.log()}"
         if part.event == "updates":
             for update in (part.data or {}).values():
-                events.extend((update or {}).get("trace") or [])
+                if isinstance(update, dict):  # "__interrupt__" carries a list
+                    events.extend(update.get("trace") or [])
         if time.monotonic() > deadline:
             pytest.fail(f"run {payload} still running after {RUN_TIMEOUT:.0f}s:\n{server.log()}")
     state = client.threads.get_state(thread_id)
-    assert not state["next"], f"run {payload} left pending nodes {state['next']}"
+    assert pending_ok or not state["next"], f"run {payload} left pending nodes {state['next']}"
     return state["values"], events
 
 
@@ -236,3 +252,29 @@ def test_langgraph_dev_serves_the_world(server: Server) -> None:
     chronicle = client.store.search_items(["worlds", world_id, "chronicle"])["items"]
     assert len(chronicle) == 1 and chronicle[0]["value"]["episode"] == 1, chronicle
     print(f"\nlanggraph dev world: two runs in {time.monotonic() - started:.0f}s")
+
+
+@pytest.mark.slow
+def test_review_pauses_and_resumes_through_the_sdk(review_server: Server) -> None:
+    """Human in the loop on the server: the run stops before World update; a resume command
+    with edited blocks finishes it, and the edit is what the world saves."""
+    from langgraph_sdk import get_sync_client
+
+    client = get_sync_client(url=review_server.url, api_key=None)
+    thread_id = client.threads.create()["thread_id"]
+    given = {"block1": "A storm reaches the harbour.", "block2": "a harbour in a storm",
+             "block3": "The boats strain at their ropes."}
+    _, events = _run(client, review_server, thread_id, given, pending_ok=True)
+    assert _ran(events) == ["philosopher", "author"], events
+    state = client.threads.get_state(thread_id)
+    assert state["next"] == ["world_update"], state["next"]
+    (request,) = [i["value"] for task in state["tasks"] for i in task.get("interrupts", [])]
+    assert request["review"] == "world_update" and request["state"]["block1"] == {"text": given["block1"]}
+
+    edited = "Old Tamsin rowed out and brought every boat home."
+    _, events = _run(client, review_server, thread_id, None, command={"resume": {"block5": edited}})
+    assert _ran(events) == ["world_update", "development", "architect", "creator"], events
+    update = events[0]
+    assert update["review"] == "edited" and update["snapshot"], update
+    saved = json.loads((review_server.root / update["snapshot"]).read_text())
+    assert saved["state"]["block5"] == {"text": edited}
