@@ -255,6 +255,13 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         return self._spec(self._exposed_out, PortDirection.OUT, include_dtype)
 
     # ------------------------------------------------------------- running
+    @classmethod
+    def from_template(cls, name: str, **params: Any) -> Graph:
+        """A registered graph template (``"text_to_image"``, …) built with ``params``."""
+        from worldgen.engine.templates import graph_from_template
+
+        return graph_from_template(name, **params)
+
     def plan(self) -> ExecutionPlan:
         """The execution plan, rebuilt only after a structural change (or a new
         ``metadata["loop_order"]``)."""

@@ -1,0 +1,84 @@
+"""Loading one component of a local diffusers folder, and the torch block built on it.
+
+Every model block of this package reads the same config (`PretrainedSettings`): the folder
+(`model_id`, as `save_pretrained` wrote it) and, optionally, another `subfolder` than the
+block's usual component. Loading never touches the network (``local_files_only=True``) and
+models load from safetensors only, so a missing file is an error, not a download.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any, ClassVar, cast
+
+import torch
+from diffusers import ModelMixin
+from diffusers.utils import is_accelerate_available
+from pydantic import BaseModel, ConfigDict
+
+from worldgen.blocks.base import Block
+from worldgen.blocks.torch_block import TorchBlock
+
+__all__ = ["PretrainedSettings", "PretrainedTorchBlock", "component_folder", "grad_context", "load_component"]
+
+
+class PretrainedSettings(BaseModel):
+    """Where a block's component lives; unknown keys are rejected so typos fail early."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_id: str
+    """A local diffusers folder (the one holding ``model_index.json``)."""
+    subfolder: str | None = None
+    """Component folder inside `model_id`; None means the block's usual one (``unet``, ``vae``…)."""
+    defaults: dict[str, Any] = {}
+
+
+def component_folder(model_id: str | Path, subfolder: str | None) -> Path:
+    """The checked path of ``model_id/subfolder``; the error names what is missing."""
+    root = Path(model_id).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"diffusers folder {str(root)!r} does not exist (model_id must be a local folder; "
+            f"nothing is downloaded)"
+        )
+    if subfolder and not (root / subfolder).is_dir():
+        present = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise FileNotFoundError(
+            f"diffusers folder {str(root)!r} has no component {subfolder!r} (components: {present})"
+        )
+    return root
+
+
+def load_component(cls: Any, settings: PretrainedSettings, default_subfolder: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(folder, subfolder=..., local_files_only=True, **kwargs)``."""
+    subfolder = settings.subfolder or default_subfolder
+    folder = component_folder(settings.model_id, subfolder)
+    return cls.from_pretrained(folder, subfolder=subfolder, local_files_only=True, **kwargs)
+
+
+def grad_context(block: Block) -> AbstractContextManager[Any]:
+    """No autograd in eval mode (as diffusers pipelines run); train mode records the graph."""
+    return nullcontext() if block.training else torch.no_grad()
+
+
+class PretrainedTorchBlock(TorchBlock):
+    """A `TorchBlock` whose module is ``model_class`` loaded from ``model_id/component``."""
+
+    config_schema = PretrainedSettings
+    #: The diffusers/transformers class to load (e.g. ``UNet2DConditionModel``).
+    model_class: ClassVar[Any]
+    #: Its usual subfolder in a diffusers folder (e.g. ``"unet"``).
+    component: ClassVar[str]
+
+    @property
+    def pretrained(self) -> PretrainedSettings:
+        return cast(PretrainedSettings, self.settings)
+
+    def build_module(self) -> torch.nn.Module:
+        kwargs: dict[str, Any] = {"use_safetensors": True}
+        if issubclass(self.model_class, ModelMixin):  # say it, or diffusers warns about accelerate
+            kwargs["low_cpu_mem_usage"] = is_accelerate_available()
+        module = load_component(self.model_class, self.pretrained, self.component, **kwargs)
+        return cast(torch.nn.Module, module.eval())
