@@ -12,11 +12,14 @@ import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
 from worldgen.blocks.ports import Port, PortDirection
+
+if TYPE_CHECKING:
+    from worldgen.blocks.registry import BlockRegistry
 
 __all__ = ["Block", "StateDictError", "StateLoadResult"]
 
@@ -72,6 +75,25 @@ class Block(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(block_id={self.block_id!r}, block_type={self.block_type!r})"
+
+    # -------------------------------------------------------------- config
+    # in `worldgen.engine.serialization`, imported late: configs are not needed to compute
+    def to_config(self) -> dict[str, Any]:
+        """``{block_type, block_id, config}``: enough to rebuild this block (not its state)."""
+        from worldgen.engine.serialization import block_to_config
+
+        return block_to_config(self)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, registry: BlockRegistry | None = None) -> Block:
+        """Build the block a `to_config()` dict describes, through the registry; called on a
+        subclass, the result must be an instance of it."""
+        from worldgen.engine.serialization import block_from_config
+
+        block = block_from_config(config, registry=registry)
+        if not isinstance(block, cls):
+            raise TypeError(f"{cls.__name__}.from_config built {block!r}, not a {cls.__name__}")
+        return block
 
     # ---------------------------------------------------------------- ports
     @abstractmethod

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from os import PathLike
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -24,6 +26,9 @@ from worldgen.engine.executor import Callback, run_graph
 from worldgen.engine.nodes import Edge, ExposedPort, Node
 from worldgen.engine.plan import ExecutionPlan, build_plan, loop_order_of
 from worldgen.engine.validation import GraphValidationError, ValidationResult, validate_graph
+
+if TYPE_CHECKING:
+    from worldgen.engine.serialization import ConfigSource
 
 __all__ = ["BlockSpec", "Graph"]
 
@@ -208,6 +213,11 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         return result
 
     @property
+    def auto_node_ids(self) -> list[str]:
+        """Nodes wired by role rules (added with ``auto_connect=True``)."""
+        return list(self._auto_roles)
+
+    @property
     def auto_connect_ambiguities(self) -> tuple[Ambiguity, ...]:
         return self._ambiguities
 
@@ -292,6 +302,49 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         if strict and result.errors:
             raise GraphValidationError(self.graph_id, result)
         return result
+
+    # ------------------------------------------------------- serialization
+    # all in `worldgen.engine.serialization`, imported late: it is not needed to build or run
+    def to_config(self) -> dict[str, Any]:
+        """This graph as a config dict (explicit edges only; auto edges are recomputed)."""
+        from worldgen.engine.serialization import graph_to_config
+
+        return graph_to_config(self)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ConfigSource,
+        *,
+        registry: BlockRegistry | None = None,
+        validate: bool = False,
+        base_dir: str | PathLike[str] | None = None,
+    ) -> Graph:
+        """A graph from a config dict, a YAML/JSON file, or a saved graph's folder."""
+        from worldgen.engine.serialization import graph_from_config
+
+        return graph_from_config(config, registry=registry, validate=validate, base_dir=base_dir)
+
+    def save_config(self, path: str | PathLike[str]) -> Path:
+        """Write `to_config()` as JSON (``.json``) or YAML; returns the path."""
+        from worldgen.engine.serialization import write_config_file
+
+        return write_config_file(self.to_config(), path)
+
+    def save(self, directory: str | PathLike[str]) -> Path:
+        """Write ``config.yaml`` plus each stateful block's weights once (safetensors)."""
+        from worldgen.engine.serialization import save_graph
+
+        return save_graph(self, directory)
+
+    @classmethod
+    def load(
+        cls, directory: str | PathLike[str], *, registry: BlockRegistry | None = None, validate: bool = False
+    ) -> Graph:
+        """A graph written by `save`, weights restored from its files (never from pickles)."""
+        from worldgen.engine.serialization import load_graph
+
+        return load_graph(directory, registry=registry, validate=validate)
 
     # ------------------------------------------------------------ training
     def trainable_parameters(self) -> Iterator[Any]:

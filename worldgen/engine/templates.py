@@ -1,35 +1,45 @@
-"""Graph templates: named builders that assemble a ready-to-run `Graph` from a few parameters.
+"""Graph and pipeline templates: named builders that assemble a ready-to-run `Graph` or
+`Pipeline` from a few parameters.
 
 ``graph_from_template("text_to_image", checkpoint=folder)`` gives a Stable Diffusion graph
-whose denoising loop is a graph cycle; `register_graph_template` adds more.
+whose denoising loop is a graph cycle; ``pipeline_from_template("generate_and_reconstruct",
+checkpoint=folder)`` chains it with a VAE round trip. `register_graph_template` and
+`register_pipeline_template` add more.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from worldgen.blocks.base import Block
 from worldgen.engine.graph import Graph
 
-__all__ = ["graph_from_template", "graph_templates", "register_graph_template", "text_to_image"]
+if TYPE_CHECKING:
+    from worldgen.engine.pipeline import Pipeline
 
-TemplateBuilder = Callable[..., Graph]
+__all__ = [
+    "generate_and_reconstruct", "graph_from_template", "graph_templates", "pipeline_from_template",
+    "pipeline_templates", "register_graph_template", "register_pipeline_template", "text_to_image",
+    "vae_reconstruct",
+]
+
+TemplateBuilder = Callable[..., Any]
 F = TypeVar("F", bound=TemplateBuilder)
 
 _TEMPLATES: dict[str, TemplateBuilder] = {}
+_PIPELINE_TEMPLATES: dict[str, TemplateBuilder] = {}
 
 
 def register_graph_template(name: str, *, replace: bool = False) -> Callable[[F], F]:
     """Decorator: register ``builder(**params) -> Graph`` under `name`."""
+    return _registrar(_TEMPLATES, "graph", name, replace)
 
-    def decorate(builder: F) -> F:
-        if name in _TEMPLATES and _TEMPLATES[name] is not builder and not replace:
-            raise ValueError(f"graph template {name!r} is already registered ({_TEMPLATES[name]!r})")
-        _TEMPLATES[name] = builder
-        return builder
 
-    return decorate
+def register_pipeline_template(name: str, *, replace: bool = False) -> Callable[[F], F]:
+    """Decorator: register ``builder(**params) -> Pipeline`` under `name`."""
+    return _registrar(_PIPELINE_TEMPLATES, "pipeline", name, replace)
 
 
 def graph_templates() -> list[str]:
@@ -37,16 +47,43 @@ def graph_templates() -> list[str]:
     return sorted(_TEMPLATES)
 
 
+def pipeline_templates() -> list[str]:
+    """Registered pipeline template names, sorted."""
+    return sorted(_PIPELINE_TEMPLATES)
+
+
 def graph_from_template(name: str, *, validate: bool = True, **params: Any) -> Graph:
     """Build the graph of template `name` with `params`; `validate` raises on a broken result."""
-    try:
-        builder = _TEMPLATES[name]
-    except KeyError:
-        raise KeyError(f"unknown graph template {name!r}; registered templates: {graph_templates()}") from None
-    graph = builder(**params)
+    graph: Graph = _builder(_TEMPLATES, "graph", name)(**params)
     if validate:
         graph.validate(strict=True)
     return graph
+
+
+def pipeline_from_template(name: str, *, validate: bool = True, **params: Any) -> Pipeline:
+    """Build the pipeline of template `name` with `params`; `validate` raises on a broken
+    result (its graphs included)."""
+    pipeline: Pipeline = _builder(_PIPELINE_TEMPLATES, "pipeline", name)(**params)
+    if validate:
+        pipeline.validate(strict=True, validate_graphs=True)
+    return pipeline
+
+
+def _registrar(table: dict[str, TemplateBuilder], kind: str, name: str, replace: bool) -> Callable[[F], F]:
+    def decorate(builder: F) -> F:
+        if name in table and table[name] is not builder and not replace:
+            raise ValueError(f"{kind} template {name!r} is already registered ({table[name]!r})")
+        table[name] = builder
+        return builder
+
+    return decorate
+
+
+def _builder(table: dict[str, TemplateBuilder], kind: str, name: str) -> TemplateBuilder:
+    try:
+        return table[name]
+    except KeyError:
+        raise KeyError(f"unknown {kind} template {name!r}; registered templates: {sorted(table)}") from None
 
 
 @register_graph_template("text_to_image")
@@ -142,6 +179,59 @@ def text_to_image(
     graph.expose_output("codec", "decode_image", "image")
     graph.metadata.update(num_loop_steps=len(solver_block.timesteps), loop_order=["carry"])
     return graph
+
+
+@register_graph_template("vae_reconstruct")
+def vae_reconstruct(
+    *, checkpoint: str | Path | None = None, codec: Block | None = None, graph_id: str = "vae_reconstruct"
+) -> Graph:
+    """An image through the VAE and back: encode, then decode the latent.
+
+    Input: ``image`` (``[B, 3, H, W]`` in [0, 1]). Outputs: ``image`` (same shape, what the
+    VAE keeps of it) and ``latent`` (the scaled latent). Pass `codec` to reuse a VAE already
+    loaded (e.g. the one of the graph before it); otherwise it loads from `checkpoint`.
+    (This is the refine step a real img2img would replace: the diffusers solver block can
+    only start at its schedule's first timestep, so it cannot resume mid-schedule yet.)
+    """
+    import worldgen.blocks.diffusion  # noqa: F401  registers codec/vae
+
+    if codec is None and checkpoint is None:
+        raise ValueError("vae_reconstruct needs a checkpoint or a codec block")
+    graph = Graph(graph_id, graph_kind="diffusion")
+    vae = codec if codec is not None else {"block_type": "codec/vae", "model_id": str(checkpoint)}
+    graph.add_node("encode", vae, auto_connect=False)
+    graph.add_node("decode", graph.get_node("encode").block, auto_connect=False)  # one VAE, two places
+    _connect(graph, "encode.encode_latent", "decode.decode_latent")
+    graph.expose_input("encode", "encode_image", "image")
+    graph.expose_output("decode", "decode_image", "image")
+    graph.expose_output("encode", "encode_latent", "latent")
+    return graph
+
+
+@register_pipeline_template("generate_and_reconstruct")
+def generate_and_reconstruct(
+    *, checkpoint: str | Path, pipeline_id: str = "generate_and_reconstruct", **text_to_image_params: Any
+) -> Pipeline:
+    """``text_to_image`` → ``vae_reconstruct``, the two graphs sharing one VAE.
+
+    Inputs: those of ``text_to_image`` (``prompt``, ``seed``, ``negative_prompt`` with
+    guidance). Outputs: ``image`` (the reconstruction), ``generated`` (the first graph's
+    image) and ``latent``. `text_to_image_params` go to the ``text_to_image`` template.
+    """
+    from worldgen.engine.pipeline import Pipeline
+
+    generate = text_to_image(checkpoint=checkpoint, **text_to_image_params)
+    reconstruct = vae_reconstruct(codec=generate.get_node("codec").block)
+    pipeline = Pipeline(pipeline_id)
+    pipeline.add_graph(generate, "generate")
+    pipeline.add_graph(reconstruct, "reconstruct")
+    pipeline.add_edge("generate", "image", "reconstruct", "image")
+    for key in generate.exposed_inputs():
+        pipeline.expose_input("generate", key, key)
+    pipeline.expose_output("reconstruct", "image", "image")
+    pipeline.expose_output("reconstruct", "latent", "latent")
+    pipeline.expose_output("generate", "image", "generated")
+    return pipeline
 
 
 def _latent_shape(channels: int, scale: int, height: int, width: int) -> list[int]:

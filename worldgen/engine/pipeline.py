@@ -1,0 +1,268 @@
+"""`Pipeline`: graphs joined port to port, a DAG (levels.md §4).
+
+A pipeline is a graph of graphs and runs on the same dataflow executor: each graph sits in
+a node of a private `Graph` as a `GraphBlock`, whose ports are the graph's exposed inputs
+and outputs. This module only adds what a pipeline means on top: graphs instead of
+blocks, errors that speak of graphs, and no cycles between graphs (loops live inside
+graphs). A pipeline is a LangChain `Runnable` (``invoke``) and, through `as_tool`, a tool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from os import PathLike
+from typing import Any
+
+from langchain_core.runnables import Runnable, RunnableConfig
+from pydantic import BaseModel
+
+from worldgen.blocks.ports import PortDirection
+from worldgen.blocks.registry import BlockRegistry
+from worldgen.engine.executor import Callback
+from worldgen.engine.graph import Graph
+from worldgen.engine.graph_block import GraphBlock, graph_run_options
+from worldgen.engine.nodes import Edge
+from worldgen.engine.validation import GraphValidationError, ValidationIssue, ValidationResult
+
+__all__ = ["Pipeline", "PipelineEdge", "PipelineValidationError"]
+
+PipelineEdge = Edge
+"""``source graph.port → target graph.port``; ports are the graphs' run keys."""
+
+GraphSource = Graph | Mapping[str, Any] | str | PathLike[str]
+"""A graph, a graph config, or the path of a graph config file or saved graph."""
+
+
+class PipelineValidationError(GraphValidationError):
+    """Raised by ``validate(strict=True)`` and by running a pipeline that is not a DAG."""
+
+    def __init__(self, pipeline_id: str, result: ValidationResult) -> None:
+        self.result = result
+        lines = "\n".join(f"  - {e}" for e in result.errors)
+        ValueError.__init__(self, f"pipeline {pipeline_id!r} is invalid ({len(result.errors)} errors):\n{lines}")
+
+
+class Pipeline(Runnable[dict[str, Any], dict[str, Any]]):
+    """A DAG of graphs; run keys are exposed names, else ``"graph_id:port"``."""
+
+    def __init__(self, pipeline_id: str | None = None) -> None:
+        self._graph = Graph(pipeline_id, graph_kind="pipeline")
+        self.pipeline_id = self.name = self._graph.graph_id  # name: the LangChain run name
+        self._frozen: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.pipeline_id!r}, graphs={self.graph_ids})"
+
+    # -------------------------------------------------------------- access
+    @property
+    def graph_ids(self) -> list[str]:
+        return self._graph.node_ids
+
+    def __contains__(self, pipeline_node_id: object) -> bool:
+        return pipeline_node_id in self._graph
+
+    def get_graph(self, pipeline_node_id: str) -> Graph:
+        return self._graph_block(pipeline_node_id).graph
+
+    def get_edges(self) -> list[PipelineEdge]:
+        return self._graph.get_edges()
+
+    def get_edges_in(self, pipeline_node_id: str) -> list[PipelineEdge]:
+        return self._graph.get_edges_in(pipeline_node_id)
+
+    def get_edges_out(self, pipeline_node_id: str) -> list[PipelineEdge]:
+        return self._graph.get_edges_out(pipeline_node_id)
+
+    # ------------------------------------------------------------ building
+    def add_graph(
+        self,
+        graph_or_config: GraphSource,
+        pipeline_node_id: str | None = None,
+        *,
+        registry: BlockRegistry | None = None,
+    ) -> str:
+        """Add a graph, or build one from a graph config (dict or YAML/JSON path) with
+        `Graph.from_config`; returns its id, by default its `graph_id`. Its exposed ports
+        become its ports here, so expose them before adding it."""
+        graph = (
+            graph_or_config if isinstance(graph_or_config, Graph)
+            else Graph.from_config(graph_or_config, registry=registry)
+        )
+        pid = pipeline_node_id or graph.graph_id
+        if pid in self._graph:
+            raise ValueError(f"pipeline {self.pipeline_id!r} already has a graph {pid!r}")
+        self._graph.add_node(pid, GraphBlock(graph, pid), auto_connect=False)
+        return pid
+
+    def add_edge(
+        self,
+        source: PipelineEdge | str,
+        source_port: str | None = None,
+        target: str | None = None,
+        target_port: str | None = None,
+    ) -> PipelineEdge:
+        """Join ``source.source_port`` (an output key of its graph) to ``target.target_port``.
+
+        Port types must be compatible; re-adding an edge is a no-op; a second edge into one
+        input needs an aggregating port.
+        """
+        edge = source if isinstance(source, Edge) else Edge(source, source_port, target, target_port)  # type: ignore[arg-type]
+        self._check_port(edge.source_node, edge.source_port, PortDirection.OUT)
+        self._check_port(edge.target_node, edge.target_port, PortDirection.IN)
+        return self._graph.add_edge(edge)
+
+    def expose_input(self, pipeline_node_id: str, port_name: str, name: str | None = None) -> str:
+        """Offer a graph input as a pipeline input; returns its run key."""
+        self._check_port(pipeline_node_id, port_name, PortDirection.IN)
+        return self._graph.expose_input(pipeline_node_id, port_name, name)
+
+    def expose_output(self, pipeline_node_id: str, port_name: str, name: str | None = None) -> str:
+        """Offer a graph output as a pipeline output; returns its run key."""
+        self._check_port(pipeline_node_id, port_name, PortDirection.OUT)
+        return self._graph.expose_output(pipeline_node_id, port_name, name)
+
+    def infer_exposed_ports(self) -> None:
+        """Expose every graph input without an edge and every graph output without one."""
+        self._graph.infer_exposed_ports()
+
+    def get_input_spec(self, include_dtype: bool = False) -> list[dict[str, Any]]:
+        """``[{pipeline_node_id, port_name, name?, dtype?}]``."""
+        return [_pipeline_entry(e) for e in self._graph.get_input_spec(include_dtype)]
+
+    def get_output_spec(self, include_dtype: bool = False) -> list[dict[str, Any]]:
+        return [_pipeline_entry(e) for e in self._graph.get_output_spec(include_dtype)]
+
+    @classmethod
+    def from_template(cls, name: str, **params: Any) -> Pipeline:
+        """A registered pipeline template (``"generate_and_reconstruct"``, …)."""
+        from worldgen.engine.templates import pipeline_from_template
+
+        return pipeline_from_template(name, **params)
+
+    # ---------------------------------------------------------- validation
+    def validate(self, strict: bool = True, validate_graphs: bool = False) -> ValidationResult:
+        """Errors: cycles between graphs, graph inputs nothing feeds (and, with
+        `validate_graphs`, each graph's own errors, prefixed by its id). Warnings: graphs
+        unreachable from the inputs or leading to no output. `strict` raises on errors."""
+        inner = self._graph.validate(strict=False)
+        errors = self._cycle_errors() + list(inner.errors)
+        warnings = list(inner.warnings)
+        if validate_graphs:
+            for pid in self.graph_ids:
+                result = self.get_graph(pid).validate(strict=False)
+                errors += [_prefixed(pid, i) for i in result.errors]
+                warnings += [_prefixed(pid, i) for i in result.warnings]
+        result = ValidationResult(errors, warnings)
+        if strict and errors:
+            raise PipelineValidationError(self.pipeline_id, result)
+        return result
+
+    # ------------------------------------------------------------- running
+    def run(
+        self,
+        inputs: Mapping[Any, Any] | None = None,
+        *,
+        training: bool = False,
+        device: Any = None,
+        callbacks: Callback | Iterable[Callback] | None = None,
+        dry_run: bool = False,
+        **graph_run_kwargs: Any,
+    ) -> dict[str, Any]:
+        """Run the graphs in topological order; returns the exposed outputs by run key.
+
+        Callbacks fire before/after each graph (``node_id`` = its pipeline id).
+        `graph_run_kwargs` (e.g. ``num_loop_steps``) go to every ``graph.run``. `dry_run`
+        checks the order and that every required input has a value, running no graph.
+        """
+        errors = self._cycle_errors()
+        if errors:
+            raise PipelineValidationError(self.pipeline_id, ValidationResult(errors))
+        with graph_run_options(**graph_run_kwargs):
+            return self._graph.run(inputs, training=training, device=device, callbacks=callbacks, dry_run=dry_run)
+
+    def invoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
+        """`run` under LangChain callbacks; `kwargs` go to `run`."""
+        # tool arguments arrive under the schema's field names; the inner graph maps them back
+        to_run_keys = self._graph._from_schema_keys
+        return self._call_with_config(lambda inputs: self.run(to_run_keys(inputs), **kwargs), input, config)
+
+    def get_input_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
+        """A pydantic model of the exposed inputs (what `as_tool` uses for tool arguments)."""
+        return self._graph.get_input_schema(config)
+
+    def get_output_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
+        return self._graph.get_output_schema(config)
+
+    # ------------------------------------------------------------ training
+    def set_trainable(self, pipeline_node_id: str, trainable: bool = True) -> None:
+        """Include or leave out one graph's parameters; shared blocks stay listed while any
+        trainable graph uses them (the blocks themselves are not frozen)."""
+        self._graph_block(pipeline_node_id)
+        (self._frozen.discard if trainable else self._frozen.add)(pipeline_node_id)
+
+    def is_trainable(self, pipeline_node_id: str) -> bool:
+        return pipeline_node_id not in self._frozen
+
+    def trainable_parameters(self) -> Iterator[Any]:
+        """Parameters of the trainable graphs, each once (graphs may share blocks)."""
+        seen: set[int] = set()
+        for pid in self.graph_ids:
+            if pid in self._frozen:
+                continue
+            for param in self.get_graph(pid).trainable_parameters():
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    yield param
+
+    def train(self, mode: bool = True) -> Pipeline:
+        self._graph.train(mode)
+        return self
+
+    def eval(self) -> Pipeline:
+        return self.train(False)
+
+    def to(self, device: Any) -> Pipeline:
+        self._graph.to(device)
+        return self
+
+    # ------------------------------------------------------------- private
+    def _graph_block(self, pid: str) -> GraphBlock:
+        if pid not in self._graph:
+            raise KeyError(self._unknown_graph(pid))
+        block = self._graph.get_node(pid).block
+        assert isinstance(block, GraphBlock)
+        return block
+
+    def _check_port(self, pid: str, port_name: str, direction: PortDirection) -> None:
+        """Errors that name the graph and the port (the inner graph would say "node")."""
+        if pid not in self._graph:
+            raise ValueError(self._unknown_graph(pid))
+        block = self._graph_block(pid)
+        if not block.has_port(port_name, direction):
+            ports = block.get_input_ports() if direction is PortDirection.IN else block.get_output_ports()
+            raise ValueError(
+                f"graph {pid!r} has no exposed {direction.value}put {port_name!r} "
+                f"({direction.value}puts: {[p.name for p in ports]})"
+            )
+
+    def _unknown_graph(self, pid: str) -> str:
+        return f"pipeline {self.pipeline_id!r} has no graph {pid!r} (graphs: {self.graph_ids})"
+
+    def _cycle_errors(self) -> list[ValidationIssue]:
+        return [
+            ValidationIssue(
+                f"graphs {list(step.node_ids)} form a cycle; a pipeline must be a DAG (loops belong inside graphs)",
+                step.rep,
+            )
+            for step in self._graph.plan().steps
+            if step.kind == "cycle"
+        ]
+
+
+def _pipeline_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    rest = {k: v for k, v in entry.items() if k != "node_id"}
+    return {"pipeline_node_id": entry["node_id"], **rest}
+
+
+def _prefixed(pid: str, issue: ValidationIssue) -> ValidationIssue:
+    return ValidationIssue(f"graph {pid!r}: {issue.message}", issue.node_id, issue.port_name)
