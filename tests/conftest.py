@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +87,24 @@ def make_world(tmp_path: Path, log: CallLog):
     yield make
     for w in worlds:
         w.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Stable Diffusion checkpoint (diffusers layout, safetensors), built once."""
+    from tests.tiny_diffusers import build_tiny_stable_diffusion
+
+    return build_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd") / "model")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads
+    spinning against other processes make them ~50x slower. Opt in per module with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

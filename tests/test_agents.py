@@ -207,10 +207,8 @@ def test_architect_prefills_models_that_continue_a_reply():
     assert llm.seen[0][-1].content == PREFILL  # the reply was started for the model
 
 
-def test_creator_renders_image_slots_with_a_diffusers_checkpoint(tmp_path):
-    from tests.tiny_diffusers import build_tiny_stable_diffusion
-
-    folder = build_tiny_stable_diffusion(tmp_path / "sd")
+def test_creator_renders_image_slots_with_a_diffusers_checkpoint(tmp_path, tiny_sd):
+    folder = tiny_sd
     config = json.dumps({"slots": [{"name": "scene", "kind": "image", "prompt": "a hill",
                                     "params": {"width": 32, "height": 32, "num_inference_steps": 2}}]})
     world, _ = canon_world(tmp_path, "A hill rises.", config, text_to_image=f"diffusers:{folder}")

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,6 @@ from diffusers import StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from pydantic import ValidationError
 
-from tests.tiny_diffusers import build_tiny_stable_diffusion
 from worldgen.blocks import Block, block_role
 from worldgen.blocks.diffusion import (
     BatchConcat,
@@ -38,31 +37,21 @@ STEPS = 20
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The tiny model gains nothing from threads, and on a busy 2-core machine OpenMP threads
-    spinning against other processes make it ~50x slower; both sides of a parity check run alike."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 
 
 @pytest.fixture(scope="session")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd") / "model")
-
-
-@pytest.fixture(scope="session")
-def pipe(folder: Path) -> StableDiffusionPipeline:
-    pipeline = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+def pipe(tiny_sd: Path) -> StableDiffusionPipeline:
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_sd, local_files_only=True)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 
 @pytest.fixture(scope="session")
-def model(folder: Path) -> dict[str, str]:
-    return {"model_id": str(folder)}
+def model(tiny_sd: Path) -> dict[str, str]:
+    return {"model_id": str(tiny_sd)}
 
 
 def _pipeline_image(pipe: StableDiffusionPipeline, solver: str, guidance_scale: float, seed: int = 0) -> np.ndarray:
@@ -73,9 +62,9 @@ def _pipeline_image(pipe: StableDiffusionPipeline, solver: str, guidance_scale: 
     ).images
 
 
-def _graph_image(folder: Path, seed: int = 0, **params: object) -> np.ndarray:
+def _graph_image(tiny_sd: Path, seed: int = 0, **params: object) -> np.ndarray:
     graph = Graph.from_template(
-        "text_to_image", checkpoint=folder, num_inference_steps=STEPS, height=SIZE, width=SIZE, **params
+        "text_to_image", checkpoint=tiny_sd, num_inference_steps=STEPS, height=SIZE, width=SIZE, **params
     )
     image = graph.run({"prompt": PROMPT, "seed": seed})["image"]
     assert image.shape == (1, 3, SIZE, SIZE) and image.dtype == torch.float32
@@ -90,16 +79,16 @@ def _graph_image(folder: Path, seed: int = 0, **params: object) -> np.ndarray:
     [("ddim", 7.5), ("euler", 7.5), ("dpm++", 7.5), ("ddim", 1.0), ("EulerAncestralDiscreteScheduler", 7.5)],
 )
 def test_text_to_image_matches_the_pipeline(
-    folder: Path, pipe: StableDiffusionPipeline, solver: str, guidance_scale: float
+    tiny_sd: Path, pipe: StableDiffusionPipeline, solver: str, guidance_scale: float
 ) -> None:
     expected = _pipeline_image(pipe, solver, guidance_scale)
-    ours = _graph_image(folder, solver=solver, guidance_scale=guidance_scale)
+    ours = _graph_image(tiny_sd, solver=solver, guidance_scale=guidance_scale)
     assert 0.9 < ((expected > 0) & (expected < 1)).mean()  # not a saturated, trivially equal image
     assert np.abs(ours - expected).max() <= TOLERANCE
 
 
-def test_seed_and_prompt_change_the_image_and_runs_repeat(folder: Path) -> None:
-    graph = graph_from_template("text_to_image", checkpoint=folder, num_inference_steps=4, height=32, width=32)
+def test_seed_and_prompt_change_the_image_and_runs_repeat(tiny_sd: Path) -> None:
+    graph = graph_from_template("text_to_image", checkpoint=tiny_sd, num_inference_steps=4, height=32, width=32)
     first = graph.run({"prompt": PROMPT})["image"]
     assert torch.equal(first, graph.run({"prompt": PROMPT})["image"])  # the solver restarts cleanly
     assert not torch.equal(first, graph.run({"prompt": PROMPT, "seed": 1})["image"])
@@ -107,25 +96,25 @@ def test_seed_and_prompt_change_the_image_and_runs_repeat(folder: Path) -> None:
     assert not torch.equal(first, graph.run({"prompt": PROMPT, "negative_prompt": "fog"})["image"])
 
 
-def test_without_guidance_there_is_no_unconditional_branch(folder: Path, pipe: StableDiffusionPipeline) -> None:
-    graph = graph_from_template("text_to_image", checkpoint=folder, guidance=None, num_inference_steps=STEPS)
+def test_without_guidance_there_is_no_unconditional_branch(tiny_sd: Path, pipe: StableDiffusionPipeline) -> None:
+    graph = graph_from_template("text_to_image", checkpoint=tiny_sd, guidance=None, num_inference_steps=STEPS)
     assert not {"guidance", "negative_tokenizer", "cfg_split"} & set(graph.node_ids)
     assert {s.get("name") for s in graph.get_input_spec()} == {"prompt", "seed"}
     ours = graph.run({"prompt": PROMPT})["image"].permute(0, 2, 3, 1).numpy()
     assert np.abs(ours - _pipeline_image(pipe, "ddim", 1.0)).max() <= TOLERANCE
 
 
-def test_guidance_block_is_swappable(folder: Path, pipe: StableDiffusionPipeline) -> None:
+def test_guidance_block_is_swappable(tiny_sd: Path, pipe: StableDiffusionPipeline) -> None:
     # guidance/identity passes the conditional prediction through: CFG at scale 1, batched
-    ours = _graph_image(folder, solver="ddim", guidance="guidance/identity", guidance_scale=7.5)
+    ours = _graph_image(tiny_sd, solver="ddim", guidance="guidance/identity", guidance_scale=7.5)
     assert np.abs(ours - _pipeline_image(pipe, "ddim", 1.0)).max() <= TOLERANCE
 
 
 # ---------------------------------------------------------------------------- template
 
 
-def test_template_structure(folder: Path) -> None:
-    graph = graph_from_template("text_to_image", checkpoint=folder, num_inference_steps=STEPS)
+def test_template_structure(tiny_sd: Path) -> None:
+    graph = graph_from_template("text_to_image", checkpoint=tiny_sd, num_inference_steps=STEPS)
     assert "text_to_image" in graph_templates()
     assert graph.graph_kind == "diffusion" and graph.metadata["num_loop_steps"] == STEPS
     assert {s["name"] for s in graph.get_input_spec()} == {"prompt", "negative_prompt", "seed"}
@@ -145,8 +134,8 @@ def test_template_registry_errors() -> None:
         register_graph_template("text_to_image")(lambda: Graph())
 
 
-def test_loop_longer_than_the_schedule_is_an_error(folder: Path) -> None:
-    graph = graph_from_template("text_to_image", checkpoint=folder, num_inference_steps=2, height=32, width=32)
+def test_loop_longer_than_the_schedule_is_an_error(tiny_sd: Path) -> None:
+    graph = graph_from_template("text_to_image", checkpoint=tiny_sd, num_inference_steps=2, height=32, width=32)
     with pytest.raises(ValueError, match="all were taken"):
         graph.run({"prompt": PROMPT}, num_loop_steps=3)
 
@@ -154,21 +143,21 @@ def test_loop_longer_than_the_schedule_is_an_error(folder: Path) -> None:
 # ----------------------------------------------------------------------- bad config
 
 
-def test_unknown_scheduler_lists_the_known_ones(folder: Path, model: dict[str, str]) -> None:
+def test_unknown_scheduler_lists_the_known_ones(tiny_sd: Path, model: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="unknown scheduler 'nope'.*'ddim'.*'DDIMScheduler'"):
         DiffusersSolver(config={**model, "scheduler": "nope"})
     with pytest.raises(ValueError, match="known schedulers"):
-        graph_from_template("text_to_image", checkpoint=folder, solver="EulerDiscrete")
+        graph_from_template("text_to_image", checkpoint=tiny_sd, solver="EulerDiscrete")
 
 
-def test_missing_folder_is_named(tmp_path: Path, folder: Path) -> None:
+def test_missing_folder_is_named(tmp_path: Path, tiny_sd: Path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match=str(missing)):
         UNet2DConditionBackbone(config={"model_id": str(missing)})
     with pytest.raises(FileNotFoundError, match=str(missing)):
         graph_from_template("text_to_image", checkpoint=missing)
     with pytest.raises(FileNotFoundError, match="no component 'unet_xl'"):
-        UNet2DConditionBackbone(config={"model_id": str(folder), "subfolder": "unet_xl"})
+        UNet2DConditionBackbone(config={"model_id": str(tiny_sd), "subfolder": "unet_xl"})
 
 
 def test_unknown_config_key_is_rejected(model: dict[str, str]) -> None:
@@ -176,9 +165,9 @@ def test_unknown_config_key_is_rejected(model: dict[str, str]) -> None:
         CLIPTokenizerBlock(config={"model_idd": model["model_id"]})
 
 
-def test_height_must_fit_the_vae(folder: Path) -> None:
+def test_height_must_fit_the_vae(tiny_sd: Path) -> None:
     with pytest.raises(ValueError, match="multiples of the VAE scale factor 2"):
-        graph_from_template("text_to_image", checkpoint=folder, height=33)
+        graph_from_template("text_to_image", checkpoint=tiny_sd, height=33)
 
 
 # --------------------------------------------------------------------------- blocks

@@ -3,15 +3,14 @@ and the ``generate_and_reconstruct`` template on a tiny Stable Diffusion checkpo
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from tests.tiny_diffusers import build_tiny_stable_diffusion
-from worldgen.blocks import Block, Port, PortAggregation, PortType, input_port, output_port
+from worldgen.blocks import Block, Port, PortType, input_port, output_port
 from worldgen.blocks.torch_block import TorchBlock
 from worldgen.engine import (
     AFTER,
@@ -317,26 +316,17 @@ def test_graph_block_ports_mirror_the_graph():
 
 
 # ---------------------------------------------------- the real template
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The tiny model gains nothing from threads; on a busy 2-core machine they only slow it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd") / "model")
 
 
-def test_generate_and_reconstruct_on_a_tiny_checkpoint(folder: Path):
+def test_generate_and_reconstruct_on_a_tiny_checkpoint(tiny_sd: Path):
     assert "generate_and_reconstruct" in pipeline_templates()
     with pytest.raises(KeyError, match="generate_and_reconstruct"):
         Pipeline.from_template("no_such_pipeline")
     pipeline = Pipeline.from_template(
-        "generate_and_reconstruct", checkpoint=folder, num_inference_steps=3, height=32, width=32
+        "generate_and_reconstruct", checkpoint=tiny_sd, num_inference_steps=3, height=32, width=32
     )
     assert pipeline.graph_ids == ["generate", "reconstruct"]
     assert {s["name"] for s in pipeline.get_input_spec()} == {"prompt", "negative_prompt", "seed"}
@@ -349,7 +339,7 @@ def test_generate_and_reconstruct_on_a_tiny_checkpoint(folder: Path):
     assert out["latent"].shape == (1, 4, 16, 16)
     assert 0 <= float(image.min()) and float(image.max()) <= 1
     assert torch.equal(generated, generate.run({"prompt": "a red fox", "seed": 1})["image"])
-    alone = Graph.from_template("vae_reconstruct", checkpoint=folder)  # its own VAE, same weights
+    alone = Graph.from_template("vae_reconstruct", checkpoint=tiny_sd)  # its own VAE, same weights
     assert torch.allclose(alone.run({"image": generated})["image"], image)
 
     again = pipeline.invoke({"prompt": "a red fox", "seed": 1})

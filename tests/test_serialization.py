@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,6 @@ import pytest
 import torch
 import yaml
 
-from tests.tiny_diffusers import build_tiny_stable_diffusion
 from worldgen.blocks import Block, BlockRegistry, Port, input_port, output_port
 from worldgen.blocks.torch_block import TorchBlock
 from worldgen.engine import Graph
@@ -28,13 +27,7 @@ from worldgen.engine.serialization import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and a busy 2-core machine makes them crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------ test blocks
@@ -314,21 +307,18 @@ def test_json_schema_describes_the_config() -> None:
 
 
 # ------------------------------------------------------------ text_to_image (tiny SD)
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd") / "model")
 
 
-def _text_to_image(folder: Path) -> Graph:
-    return Graph.from_template("text_to_image", checkpoint=folder, num_inference_steps=4, height=32, width=32)
+def _text_to_image(tiny_sd: Path) -> Graph:
+    return Graph.from_template("text_to_image", checkpoint=tiny_sd, num_inference_steps=4, height=32, width=32)
 
 
 def _image(graph: Graph) -> torch.Tensor:
     return graph.run({"prompt": "a lighthouse", "seed": 3})["image"]
 
 
-def test_template_config_round_trips(folder: Path) -> None:
-    graph = _text_to_image(folder)
+def test_template_config_round_trips(tiny_sd: Path) -> None:
+    graph = _text_to_image(tiny_sd)
     config = graph.to_config()
     loaded = Graph.from_config(config, validate=True)
     assert loaded.to_config() == config
@@ -337,10 +327,10 @@ def test_template_config_round_trips(folder: Path) -> None:
     assert torch.equal(_image(loaded), _image(graph))
 
 
-def test_text_to_image_save_load_same_image(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    graph = _text_to_image(folder)
+def test_text_to_image_save_load_same_image(tiny_sd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    graph = _text_to_image(tiny_sd)
     original = _image(graph)
-    with torch.no_grad():  # trained weights: the loaded graph must not re-read the folder's
+    with torch.no_grad():  # trained weights: the loaded graph must not re-read the tiny_sd's
         for param in graph.get_node("conditioner").block.module.parameters():
             param.mul_(1.5)
     modified = _image(graph)

@@ -9,7 +9,6 @@ import pytest
 from langchain_core.messages import ToolMessage
 from PIL import Image
 
-from tests.tiny_diffusers import build_tiny_stable_diffusion
 from worldgen.tools import (
     DiffusersTextToImage,
     ProceduralRenderer,
@@ -139,9 +138,6 @@ def test_tool_with_save_returns_the_reference() -> None:
 # --------------------------------------------------------------------------- diffusers (tiny random checkpoint)
 
 
-@pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd") / "checkpoint")
 
 
 def test_diffusers_renders_deterministically_and_loads_once(tiny_sd: Path) -> None:

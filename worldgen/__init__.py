@@ -23,7 +23,7 @@ _EXPORTS = {
     "WorldConfig": "worldgen.world",
     "WorldResult": "worldgen.world",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["Condition", "Stage", "TraceEvent", "TransitionError", "World", "WorldConfig", "WorldResult", "WorldState"]
 __version__ = "0.1.0"
 
 
