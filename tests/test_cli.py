@@ -351,3 +351,35 @@ def test_review_pauses_then_the_review_command_answers(tmp_path: Path, scripted:
 def test_review_needs_exactly_one_answer(tmp_path: Path) -> None:
     result = runner.invoke(cli.app, ["review", "--root", str(tmp_path), "--approve", "--reject"])
     assert result.exit_code == 1 and "exactly one" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["world", "graph"])
+def test_schema_prints_json_schema(kind: str) -> None:
+    result = runner.invoke(cli.app, ["schema", kind])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["type"] == "object" and ("world_id" if kind == "world" else "nodes") in document["properties"]
+
+
+def test_schema_rejects_unknown_kind() -> None:
+    result = runner.invoke(cli.app, ["schema", "galaxy"])
+    assert result.exit_code == 1 and "galaxy" in result.stderr
+
+
+def test_validate_graph_configs(tmp_path: Path) -> None:
+    good = tmp_path / "graph.yaml"
+    good.write_text(yaml.safe_dump({
+        "schema_version": "1.0", "graph_id": "g",
+        "nodes": {"a": {"block_type": "backbone/identity", "config": {}}}, "edges": [],
+    }))
+    result = runner.invoke(cli.app, ["validate", str(good)])
+    assert result.exit_code == 0 and "graph g" in result.output, result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"schema_version": "1.0", "nodes": {"a": {"config": {}}}, "edgez": []}))
+    result = runner.invoke(cli.app, ["validate", str(bad)])
+    assert result.exit_code == 1
+    assert "edgez" in result.stderr and "nodes.a" in result.stderr
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump({"schema_version": "0.1", "nodes": {}}))
+    result = runner.invoke(cli.app, ["validate", str(old)])
+    assert result.exit_code == 1 and "0.1" in result.stderr

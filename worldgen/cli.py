@@ -352,17 +352,58 @@ def _as_text(value: Any) -> str:
 # validate
 # --------------------------------------------------------------------------------------
 @app.command()
-def validate(file: Annotated[Path, typer.Argument(help="A world config (world.yaml, YAML or JSON).")]) -> None:
-    """Check a world config; exit 1 naming the bad key if it is not valid."""
-    from worldgen.world import WorldConfig
-
+def validate(file: Annotated[Path, typer.Argument(help="A world or graph config (YAML or JSON).")]) -> None:
+    """Check a world config (world.yaml) or a graph config against its schema; exit 1 naming
+    the bad key if it is not valid."""
     with _clean_errors():
         try:
-            config = WorldConfig.load(file)
+            kind = _config_kind(file)
+            if kind == "graph":
+                from worldgen.engine.serialization import read_graph_config
+
+                graph = read_graph_config(file)
+                summary = f"graph [bold]{escape(graph.graph_id or '?')}[/] ({len(graph.nodes)} nodes, schema {graph.schema_version})"
+            else:
+                from worldgen.world import WorldConfig
+
+                world = WorldConfig.load(file)
+                summary = (f"world [bold]{escape(world.world_id)}[/] "
+                           f"(template {escape(world.template)}, schema {world.schema_version})")
         except OSError as exc:  # a directory, unreadable, …: as clean as a missing file
             raise FileNotFoundError(f"{file}: cannot read: {exc.strerror or exc}") from exc
-    _out().print(f"[green]valid[/]: world [bold]{escape(config.world_id)}[/] "
-                 f"(template {escape(config.template)}, schema {config.schema_version})")
+    _out().print(f"[green]valid[/]: {summary}")
+
+
+@app.command()
+def schema(
+    kind: Annotated[str, typer.Argument(help="Which config: world or graph.")] = "world",
+) -> None:
+    """Print the JSON Schema of a config kind (for editors and CI checks)."""
+    import json
+
+    if kind == "world":
+        from worldgen.world import WorldConfig
+
+        document = WorldConfig.model_json_schema()
+    elif kind == "graph":
+        from worldgen.engine.serialization import graph_config_json_schema
+
+        document = graph_config_json_schema()
+    else:
+        _err().print(f"[red]error[/]: unknown config kind {kind!r}: world or graph")
+        raise typer.Exit(1)
+    typer.echo(json.dumps(document, indent=2))
+
+
+def _config_kind(file: Path) -> str:
+    """A graph config has nodes; anything else is read as a world config."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))  # JSON is YAML
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{file}: not valid YAML: {exc}") from exc
+    return "graph" if isinstance(data, dict) and "nodes" in data else "world"
 
 
 if __name__ == "__main__":  # pragma: no cover

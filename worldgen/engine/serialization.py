@@ -313,6 +313,11 @@ def _graph_config(graph: Graph) -> GraphConfig:
     )
 
 
+def read_graph_config(source: ConfigSource) -> GraphConfig:
+    """Read and validate a graph config (version, keys, types) without building any block."""
+    return _read_source(source, None)[0]
+
+
 def _read_source(source: ConfigSource, base_dir: str | PathLike[str] | None) -> tuple[GraphConfig, Path]:
     """The validated config and the folder its relative paths start from."""
     if isinstance(source, GraphConfig):
