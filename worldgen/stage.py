@@ -169,6 +169,24 @@ class Stage:
             return value
         return cls(role, value)
 
+    @classmethod
+    def from_template(cls, name: str, **params: Any) -> Stage:
+        """A registered stage template (``"creator_stage"``: the canon Creator as a graph)."""
+        from worldgen.stage_graph import stage_from_template
+
+        return stage_from_template(name, **params)
+
+    def validate(self, strict: bool = True) -> Any:
+        """Validate the stage's inner graph of pipelines, when it is built from one.
+
+        Contract and condition blocks are checked when the stage is made; a function or
+        Runnable has no inner structure to check, so its result is empty.
+        """
+        from worldgen.engine.validation import ValidationResult
+
+        inner = getattr(self, "stage_graph", None) or (self.impl if hasattr(self.impl, "validate") else None)
+        return inner.validate(strict=strict) if inner is not None else ValidationResult([], [])
+
     @property
     def is_subgraph(self) -> bool:
         """True when the stage has inner structure (a compiled LangGraph graph)."""
