@@ -57,3 +57,16 @@ def test_coerce_checks_role():
     assert Stage.coerce("author", s) is s
     with pytest.raises(ValueError, match="role 'author'"):
         Stage.coerce("creator", s)
+
+
+def test_validate_of_stages_without_inner_pipelines_is_empty():
+    from langgraph.graph import START, StateGraph
+
+    from worldgen.stage import StageInput
+
+    inner = StateGraph(StageInput)
+    inner.add_node("n", lambda s: {})
+    inner.add_edge(START, "n")
+    for impl in (lambda s: {}, RunnableLambda(lambda s: {}), inner):
+        result = Stage("author", impl).validate()
+        assert result.is_valid and not result.warnings

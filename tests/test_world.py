@@ -367,3 +367,38 @@ def test_an_injected_store_gets_the_initial_world(tmp_path, log):
         graph.invoke({"num_steps": 1}, {"configurable": {"thread_id": "t"}})
         assert seen["story"] == "A valley."
         assert store.get(("worlds", world.world_id, "style"), "story").value == {"text": "A valley."}
+
+
+def test_validate_passes_for_the_canon_and_reports_an_uncreatable_state_dir(tmp_path, log):
+    world = World.from_template("canon", root=tmp_path / "w", stages=log.stages())
+    with world:
+        assert world.validate().is_valid
+        (tmp_path / "w" / "blocker").write_text("a file, not a folder")
+        world.config.storage.state_dir = "blocker/states"
+        result = world.validate(strict=False)
+        assert not result.is_valid and "storage.state_dir" in str(result.errors[0])
+        with pytest.raises(ValueError, match="storage.state_dir: cannot create"):
+            world.validate()
+
+
+def test_validate_prefixes_a_stage_error_with_its_transition(tmp_path, log):
+    from worldgen.engine.validation import ValidationIssue, ValidationResult
+
+    class Broken:
+        def __call__(self, state):
+            return {}
+
+        def validate(self, strict=True):
+            return ValidationResult([ValidationIssue("contract uses block7")], [])
+
+    world = World.from_template("canon", root=tmp_path / "w", stages={**log.stages(), "author": Broken()})
+    with world:
+        result = world.validate(strict=False)
+        assert [str(e) for e in result.errors] == ["author: contract uses block7"]
+
+
+def test_canon_template_fills_style(tmp_path, log):
+    world = World.from_template("canon_2.0", root=tmp_path / "w", stages=log.stages(), style="noir")
+    with world:
+        assert world.content.style == "noir" and world.validate().is_valid
+        assert "noir" in (tmp_path / "w" / "world.yaml").read_text()

@@ -184,7 +184,9 @@ class Stage:
         """
         from worldgen.engine.validation import ValidationResult
 
-        inner = getattr(self, "stage_graph", None) or (self.impl if hasattr(self.impl, "validate") else None)
+        inner = getattr(self, "stage_graph", None)
+        if inner is None and not isinstance(self.impl, Runnable) and callable(getattr(self.impl, "validate", None)):
+            inner = self.impl  # a graph of pipelines (StageGraph) or anything with the same contract
         return inner.validate(strict=strict) if inner is not None else ValidationResult([], [])
 
     @property

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from worldgen.artifacts import ArtifactStore, check_name
 from worldgen.content import ContentSnapshot, InitialWorld, WorldContent
+from worldgen.engine.validation import ValidationIssue, ValidationResult
 from worldgen.storage import open_checkpointer, open_store
 from worldgen.stage import CYCLE, Condition, Stage, StageImpl, TransitionError
 from worldgen.state import BLOCK_NUMBERS, BLOCK_TYPES, StateError, WorldState, block_key
@@ -224,8 +225,13 @@ class World:
         initial_world: InitialWorld | Mapping[str, Any] | None = None,
         description: str = "",
         review: bool = False,
+        style: str | None = None,
     ) -> World:
-        """The canon world, its six transitions driven by ``llm`` unless given in ``stages``."""
+        """The canon world, its six transitions driven by ``llm`` unless given in ``stages``.
+
+        ``style`` fills the template's ``{{ style }}``: the initial world's style, which the
+        Architect passes on to every image prompt.
+        """
         if name not in ("canon", "canon_2.0"):
             raise ValueError(f"unknown world template {name!r}: available: canon")
         if root is not None and world_id is None and (Path(root) / "world.yaml").exists():
@@ -241,6 +247,8 @@ class World:
             initial_world=InitialWorld.model_validate(initial_world if initial_world is not None else _CANON_INITIAL),
             review=review,
         )
+        if style is not None:
+            config.initial_world.style = style
         return cls(_canon_stages(llm, text_to_image, stages or {}), root=root, config=config)
 
     @classmethod
@@ -390,6 +398,26 @@ class World:
                         yield TraceEvent.model_validate(e)
         # this process saw the run end: the next call needs no check for an interrupted run
         self._settled.add(thread)
+
+    def validate(self, strict: bool = True) -> ValidationResult:
+        """Check every stage (errors prefixed by its transition) and that the snapshot folder
+        can be made; ``strict`` raises listing every error, otherwise they are returned."""
+        errors: list[ValidationIssue] = []
+        warnings: list[ValidationIssue] = []
+        for transition, stage in self.stages.items():
+            result = stage.validate(strict=False)
+            errors += [ValidationIssue(f"{transition}: {e}", transition) for e in result.errors]
+            warnings += [ValidationIssue(f"{transition}: {w}", transition) for w in result.warnings]
+        try:
+            self.states_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            errors.append(ValidationIssue(
+                f"storage.state_dir: cannot create {self.states_dir}: {exc.strerror or exc}", "storage"))
+        result = ValidationResult(errors, warnings)
+        if strict and errors:
+            lines = "\n".join(f"  - {e}" for e in errors)
+            raise ValueError(f"world {self.world_id!r} is invalid ({len(errors)} errors):\n{lines}")
+        return result
 
     def interrupted(self, thread_id: str | None = None) -> bool:
         """Whether a run on this thread stopped mid-way (a crash, a kill, a failed transition)."""
