@@ -402,3 +402,30 @@ def test_canon_template_fills_style(tmp_path, log):
     with world:
         assert world.content.style == "noir" and world.validate().is_valid
         assert "noir" in (tmp_path / "w" / "world.yaml").read_text()
+
+
+def test_hooks_see_each_transition_that_ran_with_states_before_and_after(make_world):
+    seen = []
+    world = make_world()
+    world.invoke(user_state(1, 2, 3), hooks=[lambda t, before, after: seen.append((t, before, after))])
+    assert [t for t, _, _ in seen] == ["philosopher", "author", "world_update", "development", "architect", "creator"]
+    philosopher = seen[0]
+    assert philosopher[1].filled() == {1, 2, 3} and philosopher[2].filled() == {1, 2, 3, 4}
+    development = seen[3]
+    assert development[1].is_full() and development[2].filled() == {1}
+
+
+def test_dry_run_calls_no_stage_and_reports_the_decisions(make_world, log):
+    world = make_world()
+    planned = world.invoke(user_state(1, 2, 3), num_steps=2, dry_run=True)
+    assert log.calls == [] and world.snapshots() == []
+    assert planned.ran() == ["philosopher", "author", "world_update", "development", "architect", "creator",
+                             "philosopher", "author", "world_update", "development", "architect", "creator"]
+    assert len(planned.trace) == 12
+    real = world.invoke(user_state(1, 2, 3), num_steps=2)
+    assert real.ran() == planned.ran()
+    nothing = world.invoke(None, dry_run=True)  # continues from the persisted {1,2,3}
+    assert nothing.ran()[:3] == ["philosopher", "author", "world_update"]
+    fresh = make_world(root=world.root.parent / "fresh").invoke(dry_run=True)
+    assert fresh.ran() == ["development", "architect", "creator"]
+    assert [e.status for e in fresh.trace[:3]] == ["skipped"] * 3

@@ -17,7 +17,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +40,7 @@ from worldgen.storage import open_checkpointer, open_store
 from worldgen.stage import CYCLE, Condition, Stage, StageImpl, TransitionError
 from worldgen.state import BLOCK_NUMBERS, BLOCK_TYPES, StateError, WorldState, block_key
 
-__all__ = ["TraceEvent", "World", "WorldConfig", "WorldResult", "SCHEMA_VERSION"]
+__all__ = ["TraceEvent", "World", "WorldConfig", "WorldHook", "WorldResult", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 _INDEX = {t: i for i, t in enumerate(CYCLE)}
@@ -162,6 +162,10 @@ class WorldConfig(BaseModel):
 
     def dump(self, path: str | os.PathLike[str]) -> None:
         _atomic_write(Path(path), yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+#: called after each transition that ran: (transition, state before, state after)
+WorldHook = Callable[[str, WorldState, WorldState], None]
 
 
 # --------------------------------------------------------------------------------------
@@ -300,14 +304,21 @@ class World:
         *,
         num_steps: int = 1,
         thread_id: str | None = None,
+        hooks: Sequence[WorldHook] = (),
+        dry_run: bool = False,
     ) -> WorldResult:
         """Run ``num_steps`` passes and return the final state, the trace and new snapshots.
 
         ``state=None`` continues the world's current state (a crashed run is resumed first);
         an explicit state replaces it. ``action`` reaches Development only, on the first pass.
+        ``hooks`` are called ``(transition, state_before, state_after)`` after each transition
+        that ran. ``dry_run`` runs no transition and saves nothing: the trace says which would
+        run and which would be skipped, taking each transition to fill the block it writes.
         """
         thread = thread_id or "main"
-        return self._result(self._inputs(state, action, num_steps, thread), thread)
+        if dry_run:
+            return self._dry_run(state, num_steps, thread)
+        return self._result(self._inputs(state, action, num_steps, thread), thread, hooks)
 
     run = invoke
 
@@ -370,9 +381,9 @@ class World:
             inputs.update(parsed.to_channels())
         return inputs
 
-    def _result(self, inputs: Any, thread: str) -> WorldResult:
+    def _result(self, inputs: Any, thread: str, hooks: Sequence[WorldHook] = ()) -> WorldResult:
         final: dict[str, Any] = {}
-        trace = list(self._run(inputs, thread, final))
+        trace = list(self._run(inputs, thread, final, hooks))
         return WorldResult(
             state=WorldState.from_channels(final),
             trace=trace,
@@ -381,12 +392,21 @@ class World:
             pending_review=final.get("__review__"),
         )
 
-    def _run(self, inputs: Any, thread: str, final: dict[str, Any]) -> Iterator[TraceEvent]:
+    def _run(
+        self, inputs: Any, thread: str, final: dict[str, Any], hooks: Sequence[WorldHook] = ()
+    ) -> Iterator[TraceEvent]:
         """Stream one run's trace events; ``final`` receives the state the run ends on."""
         cfg = self._run_config(thread)
         self._settled.discard(thread)
+        ran: list[str] = []  # transitions of the current step, for the hooks
         for mode, chunk in self.graph.stream(inputs, cfg, stream_mode=["updates", "values"], durability="sync"):
             if mode == "values":
+                if hooks and ran:
+                    before, after = WorldState.from_channels(final), WorldState.from_channels(chunk)
+                    for transition in ran:
+                        for hook in hooks:
+                            hook(transition, before, after)
+                ran = []
                 final.update(chunk)
                 continue
             for key, update in chunk.items():
@@ -395,9 +415,35 @@ class World:
                     return  # paused: the thread is not settled
                 if isinstance(update, Mapping):
                     for e in update.get("trace") or ():
-                        yield TraceEvent.model_validate(e)
+                        event = TraceEvent.model_validate(e)
+                        if event.transition == key and event.status == "ran":
+                            ran.append(key)
+                        yield event
         # this process saw the run end: the next call needs no check for an interrupted run
         self._settled.add(thread)
+
+    def _dry_run(self, state: WorldState | Mapping[str, Any] | None, num_steps: int, thread: str) -> WorldResult:
+        """Walk the cycle on the conditions alone: no stage is called, nothing is persisted."""
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+        current = self.current_state(thread) if state is None else WorldState.parse(state)
+        channels: dict[str, Any] = dict(current.to_channels())
+        trace: list[TraceEvent] = []
+        cursor = (1, -1)
+        while True:
+            skipped, target = _route(channels, cursor, num_steps, self._conditions)
+            trace += [TraceEvent.model_validate(e) for e in skipped]
+            if target == END:
+                break
+            index = _INDEX[target]
+            cursor = (cursor[0] if index > cursor[1] else cursor[0] + 1, index)
+            for n in self.stages[target].writes:
+                channels[block_key(n)] = {"planned": target}  # any filled block will do
+            if target == "development":
+                channels.update({k: None for k in _BLOCK_KEYS[1:]})
+            trace.append(TraceEvent.model_validate(
+                {"pass": cursor[0], "transition": target, "status": "ran", "reason": "would run (dry run)"}))
+        return WorldResult(state=current, trace=trace, snapshots=[], thread_id=thread)
 
     def validate(self, strict: bool = True) -> ValidationResult:
         """Check every stage (errors prefixed by its transition) and that the snapshot folder
