@@ -25,9 +25,8 @@ test: install  ## every test, slow end-to-end ones included
 test-fast: install
 	$(BIN)/pytest -q -m "not slow"
 
-bench: install
-	$(BIN)/python bench/cycle_overhead.py
-	$(BIN)/python bench/checkpoint_growth.py
+bench: install  ## every benchmark, each side by side with its anchor
+	for b in cycle_overhead checkpoint_growth engine text_to_image agent_loop; do $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) worlds .pytest_cache .langgraph_api
