@@ -4,6 +4,11 @@ Every model block of this package reads the same config (`PretrainedSettings`): 
 (`model_id`, as `save_pretrained` wrote it) and, optionally, another `subfolder` than the
 block's usual component. Loading never touches the network (``local_files_only=True``) and
 models load from safetensors only, so a missing file is an error, not a download.
+
+Loads go through the model pool (`worldgen.local_models.pool`): blocks built from one folder
+and component (and the same load options) share one module object (``a.module is
+b.module``), across graphs and pipelines of the process. ``share: false`` in the block's
+config opts out and loads an independent copy.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from worldgen.blocks.base import Block
 from worldgen.blocks.torch_block import TorchBlock
+from worldgen.local_models.pool import ModelPool, resolve_pool
 
 __all__ = ["PretrainedSettings", "PretrainedTorchBlock", "component_folder", "grad_context", "load_component"]
 
@@ -33,6 +39,9 @@ class PretrainedSettings(BaseModel):
     subfolder: str | None = None
     """Component folder inside `model_id`; None means the block's usual one (``unet``, ``vae``…)."""
     defaults: dict[str, Any] = {}
+    share: bool = True
+    """Take the component from the model pool (one object per folder+component+options in the
+    process); False loads an independent copy (e.g. to train it on its own)."""
 
 
 def component_folder(model_id: str | Path, subfolder: str | None) -> Path:
@@ -51,11 +60,28 @@ def component_folder(model_id: str | Path, subfolder: str | None) -> Path:
     return root
 
 
-def load_component(cls: Any, settings: PretrainedSettings, default_subfolder: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained(folder, subfolder=..., local_files_only=True, **kwargs)``."""
+def load_component(
+    cls: Any,
+    settings: PretrainedSettings,
+    default_subfolder: str,
+    *,
+    pool: ModelPool | None = None,
+    requested_by: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``cls.from_pretrained(folder, subfolder=..., local_files_only=True, **kwargs)``, through
+    the model pool (`pool`, else the running graph's, else the process default): one object
+    per (folder, subfolder, cls, kwargs) unless ``settings.share`` is False."""
     subfolder = settings.subfolder or default_subfolder
-    folder = component_folder(settings.model_id, subfolder)
-    return cls.from_pretrained(folder, subfolder=subfolder, local_files_only=True, **kwargs)
+
+    def load() -> Any:
+        folder = component_folder(settings.model_id, subfolder)
+        return cls.from_pretrained(folder, subfolder=subfolder, local_files_only=True, **kwargs)
+
+    return resolve_pool(pool).get(
+        settings.model_id, load, cls=cls, subfolder=subfolder, options=kwargs,
+        share=settings.share, requested_by=requested_by,
+    )
 
 
 def grad_context(block: Block) -> AbstractContextManager[Any]:
@@ -80,5 +106,9 @@ class PretrainedTorchBlock(TorchBlock):
         kwargs: dict[str, Any] = {"use_safetensors": True}
         if issubclass(self.model_class, ModelMixin):  # say it, or diffusers warns about accelerate
             kwargs["low_cpu_mem_usage"] = is_accelerate_available()
-        module = load_component(self.model_class, self.pretrained, self.component, **kwargs)
-        return cast(torch.nn.Module, module.eval())
+        # No `.eval()` here: `TorchBlock.__init__` sets the mode right after, and walking a
+        # big module's tree twice would be most of the cost of a pooled (shared) build.
+        module = load_component(
+            self.model_class, self.pretrained, self.component, requested_by=self.block_id, **kwargs
+        )
+        return cast(torch.nn.Module, module)
