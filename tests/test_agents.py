@@ -250,3 +250,47 @@ def test_clean_text_drops_a_sentence_cut_off_by_the_token_budget():
 
 def test_contractions_are_not_entities_and_possessives_name_the_owner():
     assert extract_entities("She's calm. Tamsin's lamp burns. They're gone.") == ["Tamsin"]
+
+
+def _tool_call(name, args, call_id):
+    from langchain_core.messages import AIMessage
+
+    return AIMessage("", tool_calls=[{"name": name, "args": args, "id": call_id, "type": "tool_call"}])
+
+
+def test_agentic_development_reads_the_world_through_tools_and_gets_the_action(tmp_path):
+    from langchain_core.messages import AIMessage, ToolMessage
+
+    from tests.conftest import ScriptedChat
+
+    llm = ScriptedChat(responses=[
+        _tool_call("recent_episodes", {"n": 2}, "c1"),
+        AIMessage("A gull brings a message to the gate."),
+        AIMessage(CONFIG),
+        AIMessage("The message is sealed with wax."),
+    ], seen=[])
+    world = World.from_template("canon", root=tmp_path / "w", llm=llm, agents=True)
+    with world:
+        result = world.invoke(action="open the gate")
+        assert result.ran() == ["development", "architect", "creator"]
+        assert result.state.block1.text == "A gull brings a message to the gate."
+        first, second = llm.seen[0], llm.seen[1]
+        assert "open the gate" in " ".join(str(m.content) for m in first)
+        tool_replies = [m for m in second if isinstance(m, ToolMessage)]
+        assert [m.content for m in tool_replies] == ["No episodes yet."]
+        assert all("open the gate" not in " ".join(str(m.content) for m in call) for call in llm.seen[2:])
+    assert "agents: true" in (tmp_path / "w" / "world.yaml").read_text()
+
+
+def test_content_tools_answer_from_the_chronicle_and_entities(tmp_path, log):
+    from worldgen.agents import WorldUpdate
+    from worldgen.tools.world_content import content_tools
+
+    stages = {**log.stages(), "world_update": WorldUpdate(), "author": lambda s: {"block5": "Ada found the Gate."}}
+    with World.from_template("canon", root=tmp_path / "w", stages=stages) as world:
+        world.invoke({"block1": "a", "block2": "b", "block3": "c"})
+        tools = {t.name: t for t in content_tools(world.content_view)}
+        assert tools["recent_episodes"].invoke({"n": 1}) == "1. Ada found the Gate."
+        assert tools["search_chronicle"].invoke({"query": "gate"}) == "1. Ada found the Gate."
+        assert "nothing" in tools["search_chronicle"].invoke({"query": "dragon"}).lower()
+        assert tools["get_entity"].invoke({"name": "ada"}).startswith("Ada appears in episodes 000001")

@@ -429,3 +429,16 @@ def test_dry_run_calls_no_stage_and_reports_the_decisions(make_world, log):
     fresh = make_world(root=world.root.parent / "fresh").invoke(dry_run=True)
     assert fresh.ran() == ["development", "architect", "creator"]
     assert [e.status for e in fresh.trace[:3]] == ["skipped"] * 3
+
+
+@pytest.mark.parametrize("given", [(), (1,), (1, 2), (1, 2, 3), (1, 2, 3, 4), (1, 2, 3, 4, 5), (1, 5)])
+def test_table_holds_with_an_agent_as_development(make_world, log, given):
+    """world.md check 34: the contract does not change with an agent inside."""
+    from tests.conftest import scripted_chat
+    from worldgen.agents import AgentDevelopment
+
+    world = make_world(development=AgentDevelopment(scripted_chat("An event.")))
+    expected = make_world(root=world.root.parent / "plain").invoke(user_state(*given)).ran()
+    result = world.invoke(user_state(*given), action="knock")
+    assert result.ran() == expected and result.state.block1.text == "An event."
+    assert result.state.filled() == {1, 2, 3}

@@ -134,6 +134,8 @@ class WorldConfig(BaseModel):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     #: pause before each World update for a person to approve, edit or reject the state
     review: bool = False
+    #: Development as an agent reading the world through tools (needs a tool-calling model)
+    agents: bool = False
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> WorldConfig:
@@ -230,6 +232,7 @@ class World:
         description: str = "",
         review: bool = False,
         style: str | None = None,
+        agents: bool = False,
     ) -> World:
         """The canon world, its six transitions driven by ``llm`` unless given in ``stages``.
 
@@ -250,10 +253,11 @@ class World:
             text_to_image=text_to_image if isinstance(text_to_image, str) or text_to_image is None else None,
             initial_world=InitialWorld.model_validate(initial_world if initial_world is not None else _CANON_INITIAL),
             review=review,
+            agents=agents,
         )
         if style is not None:
             config.initial_world.style = style
-        return cls(_canon_stages(llm, text_to_image, stages or {}), root=root, config=config)
+        return cls(_canon_stages(llm, text_to_image, stages or {}, agents=agents), root=root, config=config)
 
     @classmethod
     def open(
@@ -279,7 +283,7 @@ class World:
                 "review": config.review if review is None else review,
             }
         )
-        return cls(_canon_stages(llm, t2i, stages or {}), root=root, config=config)
+        return cls(_canon_stages(llm, t2i, stages or {}, agents=config.agents), root=root, config=config)
 
     def compile(
         self, *, checkpointer: BaseCheckpointSaver | None = None, store: BaseStore | None = None
@@ -750,7 +754,9 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransitionError) and isinstance(exc.__cause__, ModelOutputError)
 
 
-def _canon_stages(llm: Any, text_to_image: Any, overrides: Mapping[str, Stage | StageImpl]) -> dict[str, Stage | StageImpl]:
+def _canon_stages(
+    llm: Any, text_to_image: Any, overrides: Mapping[str, Stage | StageImpl], *, agents: bool = False
+) -> dict[str, Stage | StageImpl]:
     unknown = [t for t in overrides if t not in _INDEX]
     if unknown:
         raise ValueError(f"unknown transition {', '.join(unknown)}: expected {', '.join(CYCLE)}")
@@ -758,7 +764,7 @@ def _canon_stages(llm: Any, text_to_image: Any, overrides: Mapping[str, Stage | 
         return dict(overrides)
     from worldgen.agents import canon_stages
 
-    return {**canon_stages(llm=llm, text_to_image=text_to_image), **overrides}
+    return {**canon_stages(llm=llm, text_to_image=text_to_image, agents=agents), **overrides}
 
 
 def _atomic_write(path: Path, text: str) -> None:

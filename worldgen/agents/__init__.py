@@ -8,11 +8,12 @@ from worldgen.agents.architect import Architect, parse_generation_config
 from worldgen.agents.author import Author
 from worldgen.agents.base import ModelOutputError, ask_json, ask_text, extract_json
 from worldgen.agents.creator import Creator
-from worldgen.agents.development import Development
+from worldgen.agents.development import AgentDevelopment, Development
 from worldgen.agents.philosopher import Philosopher
 from worldgen.agents.world_update import WorldUpdate, extract_entities
 
 __all__ = [
+    "AgentDevelopment",
     "Architect",
     "Author",
     "Creator",
@@ -29,8 +30,12 @@ __all__ = [
 ]
 
 
-def canon_stages(*, llm: Any = "local", text_to_image: Any = "procedural") -> dict[str, Any]:
-    """The six default transition implementations for one chat model and one renderer."""
+def canon_stages(*, llm: Any = "local", text_to_image: Any = "procedural", agents: bool = False) -> dict[str, Any]:
+    """The six default transition implementations for one chat model and one renderer.
+
+    ``agents=True`` makes Development an agent that reads the world through tools (the chat
+    model must support tool calling).
+    """
     from worldgen.chat_models import resolve_chat_model
     from worldgen.tools.text_to_image import resolve_text_to_image
 
@@ -40,7 +45,7 @@ def canon_stages(*, llm: Any = "local", text_to_image: Any = "procedural") -> di
         "philosopher": Philosopher(model),
         "author": Author(model),
         "world_update": WorldUpdate(),
-        "development": Development(model),
+        "development": AgentDevelopment(model) if agents else Development(model),
         "architect": Architect(model),
         "creator": Creator(model, renderer),
     }
