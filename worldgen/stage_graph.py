@@ -46,14 +46,19 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from os import PathLike
+from pathlib import Path
 from typing import Any
 
 from langchain_core.runnables import Runnable
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from worldgen.blocks.ports import PortType
+from worldgen.blocks.registry import BlockRegistry
 from worldgen.engine.graph import Graph
 from worldgen.engine.pipeline import Pipeline
+from worldgen.engine.serialization import EdgeConfig
 from worldgen.engine.validation import ValidationIssue, ValidationResult
 from worldgen.stage import Condition, Stage
 from worldgen.state import BLOCK_NUMBERS, BLOCK_TYPES, block_key
@@ -437,6 +442,147 @@ class StageGraph:
             update[block_key(n)] = block  # type: ignore[arg-type]
         return update
 
+    # ------------------------------------------------------- serialization
+    # world.md §3: a stage of pipelines serializes; runnables (code) and converters do not.
+    def to_config(self) -> dict[str, Any]:
+        """``{schema_version, stage_id, role?, metadata, pipelines: {node_id: {pipeline_config}},
+        edges, state_contract}``; raises `ConfigError` naming a runnable node or a mapping
+        entry with a converter. `role` is the ``role`` attribute, when set."""
+        from worldgen.engine.serialization import check_block_ids
+
+        self._check_serializable()
+        check_block_ids(self._labelled_graphs())
+        return self._config_dict({nid: {"pipeline_config": self._nodes[nid].impl.to_config()} for nid in self._nodes})
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Mapping[str, Any] | str | PathLike[str],
+        *,
+        registry: BlockRegistry | None = None,
+        validate: bool = False,
+        base_dir: str | PathLike[str] | None = None,
+    ) -> StageGraph:
+        """A stage graph from a config dict, a YAML/JSON file or a saved stage's folder.
+
+        A pipeline entry is ``{pipeline_config: {...}}``, ``{ref: file or saved folder}`` or
+        a bare pipeline config. Blocks with one `block_id` are one object stage-wide."""
+        from worldgen.engine.serialization import (
+            ConfigError,
+            _validate,
+            pipeline_from_config,
+            read_versioned_config,
+        )
+
+        raw, base = read_versioned_config(config, base_dir, "stage config")
+        where = "stage config" + (f" {str(config)!r}" if isinstance(config, (str, PathLike)) else "")
+        parsed = _validate(_StageConfig, raw, where)
+        stage = cls(parsed.stage_id)
+        stage.metadata = dict(parsed.metadata) or {"description": ""}
+        if parsed.role is not None:
+            stage.role = parsed.role  # type: ignore[attr-defined]
+        shared: dict[str, Any] = {}
+        for nid, entry in parsed.pipelines.items():
+            source = base / entry.ref if entry.ref is not None else (entry.pipeline_config or {})
+            try:
+                pipeline = pipeline_from_config(
+                    source, registry=registry, base_dir=None if entry.ref is not None else base,
+                    shared_blocks=shared, label=f"{nid}/",
+                )
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: pipelines.{nid}: {exc}") from None
+            stage.add_pipeline(pipeline, nid)
+        for i, edge in enumerate(parsed.edges):
+            try:
+                stage.add_edge(edge.source_node, edge.source_port, edge.target_node, edge.target_port)
+            except (ValueError, TypeError) as exc:
+                exc.add_note(f"(while building stage config key 'edges.{i}')")
+                raise
+        contract = parsed.state_contract
+        stage.set_state_contract(
+            contract.input_blocks, contract.output_blocks, contract.mapping_input, contract.mapping_output
+        )
+        if validate:
+            stage.validate(strict=True)
+        return stage
+
+    def save_config(self, path: str | PathLike[str]) -> Path:
+        """Write `to_config()` as JSON (``.json``) or YAML; returns the path."""
+        from worldgen.engine.serialization import write_config_file
+
+        return write_config_file(self.to_config(), path)
+
+    def save(self, directory: str | PathLike[str]) -> Path:
+        """``config.yaml`` + ``checkpoints/<node_id>/`` (a saved pipeline each) + ``shared/``
+        (weights of blocks used by several graphs, once) + ``stage_meta.json``."""
+        import json
+
+        from worldgen.engine.serialization import (
+            CONFIG_FILES,
+            SCHEMA_VERSION,
+            save_pipelines,
+            write_config_file,
+        )
+
+        self._check_serializable()
+        root = Path(directory)
+        refs = save_pipelines({nid: self._nodes[nid].impl for nid in self._nodes}, root)
+        meta = {
+            "schema_version": SCHEMA_VERSION, "stage_id": self.stage_id, "role": getattr(self, "role", None),
+            "node_ids": self.node_ids, "node_dirs": refs,
+        }
+        (root / STAGE_META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return write_config_file(self._config_dict({nid: {"ref": ref} for nid, ref in refs.items()}), root / CONFIG_FILES[0])
+
+    @classmethod
+    def load(
+        cls, directory: str | PathLike[str], *, registry: BlockRegistry | None = None, validate: bool = False
+    ) -> StageGraph:
+        """A stage graph written by `save`, weights restored, shared blocks shared again."""
+        return cls.from_config(Path(directory), registry=registry, validate=validate)
+
+    def _check_serializable(self) -> None:
+        from worldgen.engine.serialization import ConfigError
+
+        for nid, node in self._nodes.items():
+            if node.kind != "pipeline":
+                raise ConfigError(
+                    f"stage {self.stage_id!r}: node {nid!r} is a runnable ({type(node.impl).__name__}); "
+                    "runnables hold code and cannot be serialized, only pipeline nodes can"
+                )
+        for what, mappings in (("mapping_input", self._mapping_input), ("mapping_output", self._mapping_output)):
+            for i, m in enumerate(mappings or ()):
+                if m.converter is not None:
+                    raise ConfigError(
+                        f"stage {self.stage_id!r}: {what}[{i}] ({m.source!r} ↔ {m.node_id}.{m.port}) has a "
+                        "converter; converters are code and cannot be serialized"
+                    )
+
+    def _labelled_graphs(self) -> list[tuple[str, Graph]]:
+        return [
+            (f"{nid}/{pid}", node.impl.get_graph(pid)) for nid, node in self._nodes.items() for pid in node.impl.graph_ids
+        ]
+
+    def _config_dict(self, pipelines: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        from worldgen.engine.serialization import SCHEMA_VERSION, _jsonable
+
+        def mapping(entries: list[_Mapping] | None) -> list[list[str]] | None:
+            return None if entries is None else [[m.source, m.node_id, m.port] for m in entries]
+
+        config: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "stage_id": self.stage_id}
+        role = getattr(self, "role", None)
+        if role is not None:
+            config["role"] = role
+        config["metadata"] = _jsonable(self.metadata, f"stage {self.stage_id!r} metadata")
+        config["pipelines"] = pipelines
+        config["edges"] = [asdict(e) for e in self._edges]
+        contract: dict[str, Any] = {"input_blocks": list(self.input_blocks), "output_blocks": list(self.output_blocks)}
+        for key, entries in (("mapping_input", self._mapping_input), ("mapping_output", self._mapping_output)):
+            if entries is not None:
+                contract[key] = mapping(entries)
+        config["state_contract"] = contract
+        return config
+
     # ------------------------------------------------------------ private
     def _run_node(self, nid: str, node: _Node, inputs: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
         if node.kind == "pipeline":
@@ -698,3 +844,46 @@ def stage_from_template(name: str, **params: Any) -> Stage:
     if name not in _STAGE_TEMPLATES:
         raise ValueError(f"unknown stage template {name!r}: available: {', '.join(stage_templates())}")
     return _STAGE_TEMPLATES[name](**params)
+
+
+# ------------------------------------------------------------------ serialization models
+STAGE_META_FILE = "stage_meta.json"
+
+
+class _StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class _StagePipelineConfig(_StrictModel):
+    pipeline_config: dict[str, Any] | None = None
+    ref: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and not ({"pipeline_config", "ref"} & set(data)):
+            return {"pipeline_config": dict(data)}
+        return data
+
+    @model_validator(mode="after")
+    def _one_form(self) -> _StagePipelineConfig:
+        if (self.pipeline_config is None) == (self.ref is None):
+            raise ValueError("a stage pipeline needs exactly one of 'pipeline_config' or 'ref'")
+        return self
+
+
+class _StateContractConfig(_StrictModel):
+    input_blocks: list[int | str] = []
+    output_blocks: list[int | str] = []
+    mapping_input: list[tuple[str, str, str]] | None = None
+    mapping_output: list[tuple[str, str, str]] | None = None
+
+
+class _StageConfig(_StrictModel):
+    schema_version: str
+    stage_id: str = Field(min_length=1)
+    role: str | None = None
+    metadata: dict[str, Any] = {}
+    pipelines: dict[str, _StagePipelineConfig] = {}
+    edges: list[EdgeConfig] = []
+    state_contract: _StateContractConfig = _StateContractConfig()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -192,6 +193,50 @@ class Pipeline(Runnable[dict[str, Any], dict[str, Any]]):
 
     def get_output_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
         return self._graph.get_output_schema(config)
+
+    # ------------------------------------------------------- serialization
+    # in `worldgen.engine.serialization` (levels.md §8), imported late like Graph's
+    def to_config(self) -> dict[str, Any]:
+        """``{schema_version, pipeline_id, metadata, graphs: {pid: {graph_config, trainable}},
+        edges, exposed_inputs, exposed_outputs}`` (plain data, no weights)."""
+        from worldgen.engine.serialization import pipeline_to_config
+
+        return pipeline_to_config(self)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Mapping[str, Any] | BaseModel | str | PathLike[str],
+        *,
+        registry: BlockRegistry | None = None,
+        validate: bool = False,
+        base_dir: str | PathLike[str] | None = None,
+    ) -> Pipeline:
+        """A pipeline from a config dict, a YAML/JSON file or a saved pipeline's folder; a
+        graph entry may be nested or ``{ref: file or saved graph folder}``."""
+        from worldgen.engine.serialization import pipeline_from_config
+
+        return pipeline_from_config(config, registry=registry, validate=validate, base_dir=base_dir)
+
+    def save_config(self, path: str | PathLike[str]) -> Path:
+        """Write `to_config()` as JSON (``.json``) or YAML; returns the path."""
+        from worldgen.engine.serialization import write_config_file
+
+        return write_config_file(self.to_config(), path)
+
+    def save(self, directory: str | PathLike[str]) -> Path:
+        """``config.yaml``, ``checkpoints/<pid>/`` (a saved graph each), ``shared/`` (weights of
+        blocks used by several graphs, once) and ``pipeline_meta.json``; returns the config path."""
+        from worldgen.engine.serialization import save_pipeline
+
+        return save_pipeline(self, directory)
+
+    @classmethod
+    def load(
+        cls, directory: str | PathLike[str], *, registry: BlockRegistry | None = None, validate: bool = False
+    ) -> Pipeline:
+        """A pipeline written by `save`, weights restored and shared blocks shared again."""
+        return cls.from_config(Path(directory), registry=registry, validate=validate)
 
     # ------------------------------------------------------------ training
     def set_trainable(self, pipeline_node_id: str, trainable: bool = True) -> None:

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
 from os import PathLike
@@ -60,6 +61,19 @@ __all__ = [
     "save_block_state",
     "save_graph",
     "write_config_file",
+    # pipelines (additive)
+    "CHECKPOINTS_DIR",
+    "PIPELINE_META_FILE",
+    "SHARED_WEIGHTS_DIR",
+    "PipelineConfig",
+    "PipelineExposedPortConfig",
+    "PipelineGraphConfig",
+    "check_block_ids",
+    "pipeline_from_config",
+    "pipeline_to_config",
+    "read_versioned_config",
+    "save_pipeline",
+    "save_pipelines",
 ]
 
 SCHEMA_VERSION = "1.0"
@@ -356,37 +370,7 @@ def _validate(model: type[_Strict], data: Any, where: str) -> Any:
 
 
 def _build_graph(config: GraphConfig, base: Path, registry: BlockRegistry) -> Graph:
-    from worldgen.engine.graph import Graph
-
-    graph = Graph(
-        config.graph_id, graph_kind=config.kind, metadata=config.metadata, ambiguity_policy=config.ambiguity_policy
-    )
-    shared: dict[str, tuple[str, NodeConfig, Block]] = {}  # block_id → (first node, entry, block)
-    for node_id, raw_entry in config.nodes.items():
-        entry = _resolve_ref(node_id, raw_entry, base)
-        with _located(f"nodes.{node_id}"):
-            block = _shared_block(node_id, entry, shared)
-            if block is None:
-                block = _build_block(entry, registry)
-                if entry.weights is not None:
-                    load_block_state(block, base / entry.weights)
-                if not entry.trainable:
-                    block.freeze()
-                shared[block.block_id] = (node_id, entry, block)
-        graph.add_node(node_id, block, auto_connect=entry.auto_connect)
-    for i, edge in enumerate(config.edges):
-        with _located(f"edges.{i}"):
-            graph.add_edge(edge.source_node, edge.source_port, edge.target_node, edge.target_port)
-    for key, exposures, expose in (
-        ("exposed_inputs", config.exposed_inputs, graph.expose_input),
-        ("exposed_outputs", config.exposed_outputs, graph.expose_output),
-    ):
-        for i, exposed in enumerate(exposures):
-            with _located(f"{key}.{i}"):
-                expose(exposed.node_id, exposed.port_name, exposed.name)
-    if graph.auto_node_ids:
-        graph.auto_connect()  # auto edges as the explicit ones leave them, independent of order
-    return graph
+    return _build_graph_sharing(config, base, registry, {}, "")
 
 
 def _resolve_ref(node_id: str, entry: NodeConfig, base: Path) -> NodeConfig:
@@ -491,3 +475,315 @@ def _storable(tensors: Mapping[str, Any]) -> dict[str, Any]:
         seen.add(tensor.untyped_storage().data_ptr())
         out[key] = tensor
     return out
+
+
+# ================================================================ pipelines (levels.md §4, §8)
+# Additive: pipeline configs and saved pipelines, built on the graph helpers above. Blocks are
+# shared by `block_id` across *all* graphs built with one `shared_blocks` dict, so a block
+# used by two graphs (or two pipelines of a stage) is one object after loading, and a saved
+# directory holds its weights once, in ``shared/``.
+#
+# Layout of `save_pipeline(pipeline, d)`::
+#
+#     d/config.yaml                 PipelineConfig; graphs: {pid: {ref: checkpoints/<pid>}}
+#     d/checkpoints/<pid>/          a saved graph (config.yaml + weights/), loadable alone
+#     d/shared/<block_id>.*         weights of blocks used by more than one graph (once)
+#     d/pipeline_meta.json          {schema_version, pipeline_id, node_ids}
+
+PIPELINE_META_FILE = "pipeline_meta.json"
+CHECKPOINTS_DIR = "checkpoints"
+SHARED_WEIGHTS_DIR = "shared"
+
+SharedBlocks = dict[str, tuple[str, NodeConfig, Block]]
+"""block_id → (first node label, its entry, the block): pass one dict to share blocks across builds."""
+
+
+class PipelineGraphConfig(_Strict):
+    """One graph of a pipeline: a nested graph config or ``{ref: file or saved folder}``.
+
+    A bare graph config (no ``graph_config``/``ref`` key) is accepted as the nested form."""
+
+    graph_config: dict[str, Any] | None = None
+    ref: str | None = Field(None, min_length=1)
+    trainable: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_graph_config(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and not ({"graph_config", "ref"} & set(data)):
+            return {"graph_config": dict(data)}
+        return data
+
+    @model_validator(mode="after")
+    def _one_form(self) -> PipelineGraphConfig:
+        if (self.graph_config is None) == (self.ref is None):
+            raise ValueError("a pipeline graph needs exactly one of 'graph_config' or 'ref'")
+        return self
+
+
+class PipelineExposedPortConfig(_Strict):
+    pipeline_node_id: str = Field(min_length=1)
+    port_name: str = Field(min_length=1)
+    name: str | None = None
+
+
+class PipelineConfig(_Strict):
+    """A whole pipeline: graphs by pipeline node id, edges between their ports, exposures."""
+
+    schema_version: str = SCHEMA_VERSION
+    pipeline_id: str = Field(min_length=1)
+    metadata: dict[str, Any] = {}
+    graphs: dict[str, PipelineGraphConfig] = {}
+    edges: list[EdgeConfig] = []
+    exposed_inputs: list[PipelineExposedPortConfig] = []
+    exposed_outputs: list[PipelineExposedPortConfig] = []
+
+
+def pipeline_to_config(pipeline: Any) -> dict[str, Any]:
+    """`pipeline` as a plain config dict, each graph nested (no weights)."""
+    check_block_ids([(pid, pipeline.get_graph(pid)) for pid in pipeline.graph_ids])
+    entries = {
+        pid: PipelineGraphConfig(
+            graph_config=_dump(_graph_config(pipeline.get_graph(pid))), trainable=pipeline.is_trainable(pid)
+        )
+        for pid in pipeline.graph_ids
+    }
+    return _dump(_pipeline_config(pipeline, entries))
+
+
+def pipeline_from_config(
+    source: ConfigSource,
+    *,
+    registry: BlockRegistry | None = None,
+    validate: bool = False,
+    base_dir: str | PathLike[str] | None = None,
+    shared_blocks: SharedBlocks | None = None,
+    label: str = "",
+) -> Any:
+    """Build a pipeline from a config dict/model, a YAML/JSON file or a saved pipeline's folder.
+
+    ``ref`` graphs and weights resolve relative to the config file, else `base_dir`. Nodes
+    of *different* graphs with one `block_id` get one block (their entries must agree);
+    pass the same `shared_blocks` dict to several calls to share blocks between pipelines."""
+    raw, base = _read_versioned(source, base_dir, "pipeline config")
+    config = _validate(PipelineConfig, raw, f"pipeline config{_where(source)}")
+    pipeline = _build_pipeline(
+        config, base, registry or global_registry(), {} if shared_blocks is None else shared_blocks, label
+    )
+    if validate:
+        pipeline.validate(strict=True)
+    return pipeline
+
+
+def save_pipeline(pipeline: Any, directory: str | PathLike[str]) -> Path:
+    """Write a pipeline (layout above); returns the config path."""
+    root = Path(directory)
+    saver = _WeightSaver(root / SHARED_WEIGHTS_DIR, [pipeline.get_graph(pid) for pid in pipeline.graph_ids])
+    return _save_pipeline_into(pipeline, root, saver)
+
+
+def save_pipelines(pipelines: Mapping[str, Any], directory: str | PathLike[str]) -> dict[str, str]:
+    """Save several pipelines under ``directory/checkpoints/<id>/``, blocks shared between
+    any of their graphs written once in ``directory/shared/``; returns ``{id: folder}``
+    relative to `directory` (for ``{ref: folder}`` entries)."""
+    root = Path(directory)
+    check_block_ids(
+        [(f"{nid}/{pid}", p.get_graph(pid)) for nid, p in pipelines.items() for pid in p.graph_ids]
+    )
+    graphs = [p.get_graph(pid) for p in pipelines.values() for pid in p.graph_ids]
+    saver = _WeightSaver(root / SHARED_WEIGHTS_DIR, graphs)
+    taken: set[str] = set()
+    refs: dict[str, str] = {}
+    for nid, pipeline in pipelines.items():
+        sub = root / CHECKPOINTS_DIR / _file_stem(nid, taken)
+        _save_pipeline_into(pipeline, sub, saver)
+        refs[nid] = sub.relative_to(root).as_posix()
+    return refs
+
+
+def check_block_ids(graphs: Iterable[tuple[str, Graph]]) -> None:
+    """`ConfigError` when two nodes of these graphs hold different blocks with one `block_id`
+    (loading would merge them into one block)."""
+    owners: dict[str, tuple[Block, str]] = {}
+    for label, graph in graphs:
+        for node_id in graph.node_ids:
+            block = graph.get_node(node_id).block
+            owner, first = owners.setdefault(block.block_id, (block, f"{label}.{node_id}"))
+            if owner is not block:
+                raise ConfigError(
+                    f"nodes {first!r} and {label + '.' + node_id!r} hold different blocks with the same "
+                    f"block_id {block.block_id!r}; give them distinct ids to serialize"
+                )
+
+
+def read_versioned_config(
+    source: ConfigSource, base_dir: str | PathLike[str] | None, what: str
+) -> tuple[dict[str, Any], Path]:
+    """A config mapping (dict, model, file or saved folder) whose `schema_version` is
+    supported, and the folder its relative paths start from."""
+    return _read_versioned(source, base_dir, what)
+
+
+# ------------------------------------------------------------- pipeline private
+def _pipeline_config(pipeline: Any, entries: dict[str, PipelineGraphConfig]) -> PipelineConfig:
+    inner = pipeline._graph  # the pipeline's graph of GraphBlocks: its edges and exposures
+
+    def exposed(table: Mapping[str, Any]) -> list[PipelineExposedPortConfig]:
+        return [
+            PipelineExposedPortConfig(pipeline_node_id=e.node_id, port_name=e.port_name, name=e.name)
+            for e in table.values()
+        ]
+
+    return PipelineConfig(
+        pipeline_id=pipeline.pipeline_id,
+        metadata=_jsonable(getattr(pipeline, "metadata", None) or {}, f"pipeline {pipeline.pipeline_id!r} metadata"),
+        graphs=entries,
+        edges=[EdgeConfig(**asdict(e)) for e in pipeline.get_edges()],
+        exposed_inputs=exposed(inner.exposed_inputs()),
+        exposed_outputs=exposed(inner.exposed_outputs()),
+    )
+
+
+def _where(source: Any) -> str:
+    return f" {str(source)!r}" if isinstance(source, (str, PathLike)) else ""
+
+
+def _read_versioned(
+    source: ConfigSource, base_dir: str | PathLike[str] | None, what: str
+) -> tuple[dict[str, Any], Path]:
+    if isinstance(source, BaseModel):
+        source = source.model_dump()
+    if isinstance(source, Mapping):
+        raw, base, where = dict(source), Path(base_dir or "."), what
+    else:
+        path = Path(source)
+        if path.is_dir():
+            path = next((path / n for n in CONFIG_FILES if (path / n).is_file()), path / CONFIG_FILES[0])
+        raw, base, where = read_config_file(path), Path(base_dir or path.parent), f"{what} {str(path)!r}"
+    version = str(raw.get("schema_version", SCHEMA_VERSION))
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise ConfigError(
+            f"{where}: schema_version {version!r} is not supported (supported: {list(SUPPORTED_SCHEMA_VERSIONS)})"
+        )
+    return {**raw, "schema_version": version}, base
+
+
+@contextmanager
+def _located_in(what: str, loc: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        exc.add_note(f"(while building {what} config key {loc!r})")
+        raise
+
+
+def _build_pipeline(config: PipelineConfig, base: Path, registry: BlockRegistry, shared: SharedBlocks, label: str) -> Any:
+    from worldgen.engine.pipeline import Pipeline
+
+    pipeline = Pipeline(config.pipeline_id)
+    for pid, entry in config.graphs.items():
+        with _located_in("pipeline", f"graphs.{pid}"):
+            if entry.ref is not None:
+                graph_config, graph_base = _read_source(base / entry.ref, None)
+            else:
+                graph_config = _validate_graph(entry.graph_config or {}, f"pipeline config graphs.{pid}.graph_config")
+                graph_base = base
+            graph = _build_graph_sharing(graph_config, graph_base, registry, shared, f"{label}{pid}.")
+            pipeline.add_graph(graph, pid)
+            if not entry.trainable:
+                pipeline.set_trainable(pid, False)
+    for i, edge in enumerate(config.edges):
+        with _located_in("pipeline", f"edges.{i}"):
+            pipeline.add_edge(edge.source_node, edge.source_port, edge.target_node, edge.target_port)
+    for key, exposures, expose in (
+        ("exposed_inputs", config.exposed_inputs, pipeline.expose_input),
+        ("exposed_outputs", config.exposed_outputs, pipeline.expose_output),
+    ):
+        for i, exposed in enumerate(exposures):
+            with _located_in("pipeline", f"{key}.{i}"):
+                expose(exposed.pipeline_node_id, exposed.port_name, exposed.name)
+    if config.metadata:
+        pipeline.metadata = dict(config.metadata)
+    return pipeline
+
+
+def _build_graph_sharing(
+    config: GraphConfig, base: Path, registry: BlockRegistry, shared: SharedBlocks, label: str
+) -> Graph:
+    """Build a graph; ``shared`` (block_id → first node, entry, block) is the caller's, so a
+    pipeline or stage can share blocks across its graphs (a lone graph passes a fresh one)."""
+    from worldgen.engine.graph import Graph
+
+    graph = Graph(
+        config.graph_id, graph_kind=config.kind, metadata=config.metadata, ambiguity_policy=config.ambiguity_policy
+    )
+    for node_id, raw_entry in config.nodes.items():
+        entry = _resolve_ref(node_id, raw_entry, base)
+        if entry.weights is not None:  # compare weights by file, not by spelling relative to each graph
+            entry = entry.model_copy(update={"weights": str((base / entry.weights).resolve())})
+        with _located(f"nodes.{node_id}"):
+            block = _shared_block(label + node_id, entry, shared)
+            if block is None:
+                block = _build_block(entry, registry)
+                if entry.weights is not None:
+                    load_block_state(block, entry.weights)
+                if not entry.trainable:
+                    block.freeze()
+                shared[block.block_id] = (label + node_id, entry, block)
+        graph.add_node(node_id, block, auto_connect=entry.auto_connect)
+    for i, edge in enumerate(config.edges):
+        with _located(f"edges.{i}"):
+            graph.add_edge(edge.source_node, edge.source_port, edge.target_node, edge.target_port)
+    for key, exposures, expose in (
+        ("exposed_inputs", config.exposed_inputs, graph.expose_input),
+        ("exposed_outputs", config.exposed_outputs, graph.expose_output),
+    ):
+        for i, exposed in enumerate(exposures):
+            with _located(f"{key}.{i}"):
+                expose(exposed.node_id, exposed.port_name, exposed.name)
+    if graph.auto_node_ids:
+        graph.auto_connect()  # auto edges as the explicit ones leave them, independent of order
+    return graph
+
+
+class _WeightSaver:
+    """Writes each block's state once: blocks in several of `graphs` go to `shared_dir`."""
+
+    def __init__(self, shared_dir: Path, graphs: Iterable[Graph]) -> None:
+        self.shared_dir = shared_dir
+        graphs_of: dict[int, set[int]] = {}
+        for graph in graphs:
+            for block in graph.blocks():
+                graphs_of.setdefault(id(block), set()).add(id(graph))
+        self.shared = {b for b, gs in graphs_of.items() if len(gs) > 1}
+        self.written: dict[int, Path | None] = {}
+        self.taken: set[str] = set()
+
+    def save_graph(self, graph: Graph, directory: Path) -> Path:
+        config = _graph_config(graph)
+        taken: set[str] = set()
+        for node_id in graph.node_ids:
+            block = graph.get_node(node_id).block
+            if id(block) not in self.written:
+                if id(block) in self.shared:
+                    stem = self.shared_dir / _file_stem(block.block_id, self.taken)
+                else:
+                    stem = directory / _WEIGHTS_DIR / _file_stem(node_id, taken)
+                self.written[id(block)] = save_block_state(block, stem)
+            file = self.written[id(block)]
+            config.nodes[node_id].weights = None if file is None else Path(os.path.relpath(file, directory)).as_posix()
+        return write_config_file(_dump(config), directory / CONFIG_FILES[0])
+
+
+def _save_pipeline_into(pipeline: Any, root: Path, saver: _WeightSaver) -> Path:
+    check_block_ids([(pid, pipeline.get_graph(pid)) for pid in pipeline.graph_ids])
+    taken: set[str] = set()
+    entries: dict[str, PipelineGraphConfig] = {}
+    for pid in pipeline.graph_ids:
+        sub = root / CHECKPOINTS_DIR / _file_stem(pid, taken)
+        saver.save_graph(pipeline.get_graph(pid), sub)
+        entries[pid] = PipelineGraphConfig(ref=sub.relative_to(root).as_posix(), trainable=pipeline.is_trainable(pid))
+    meta = {"schema_version": SCHEMA_VERSION, "pipeline_id": pipeline.pipeline_id, "node_ids": pipeline.graph_ids}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / PIPELINE_META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return write_config_file(_dump(_pipeline_config(pipeline, entries)), root / CONFIG_FILES[0])
