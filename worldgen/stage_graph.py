@@ -59,7 +59,7 @@ from worldgen.blocks.registry import BlockRegistry
 from worldgen.engine.graph import Graph
 from worldgen.engine.pipeline import Pipeline
 from worldgen.engine.serialization import EdgeConfig
-from worldgen.engine.validation import ValidationIssue, ValidationResult
+from worldgen.engine.validation import ValidationIssue, ValidationResult, reachable
 from worldgen.stage import Condition, Stage
 from worldgen.state import BLOCK_NUMBERS, BLOCK_TYPES, block_key
 
@@ -353,8 +353,8 @@ class StageGraph:
         starts = {m.node_id for m in m_in if m.node_id in self._nodes}
         starts |= {n for n, node in self._nodes.items() if not node.inputs}
         ends = {m.node_id for m in m_out if m.node_id in self._nodes}
-        forward = _closure(starts, lambda n: (e.target_node for e in self.out_edges(n)))
-        backward = _closure(ends, lambda n: (e.source_node for e in self.in_edges(n)))
+        forward = reachable(starts, lambda n: (e.target_node for e in self.out_edges(n)))
+        backward = reachable(ends, lambda n: (e.source_node for e in self.in_edges(n)))
         for n in self._nodes:
             if n not in forward:
                 warnings.append(ValidationIssue(f"node {n!r} is unreachable from the stage's input blocks", n))
@@ -761,17 +761,6 @@ def _mapping(entry: Sequence[Any]) -> _Mapping:
     if converter is not None and not callable(converter):
         raise TypeError(f"mapping converter must be callable, got {type(converter).__name__}")
     return _Mapping(source, str(entry[1]), str(entry[2]), converter)
-
-
-def _closure(starts: set[str], step: Callable[[str], Iterable[str]]) -> set[str]:
-    seen = set(starts)
-    queue = deque(starts)
-    while queue:
-        for nxt in step(queue.popleft()):
-            if nxt not in seen:
-                seen.add(nxt)
-                queue.append(nxt)
-    return seen
 
 
 # ---------------------------------------------------------------------- templates

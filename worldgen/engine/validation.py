@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from worldgen.engine.graph import Graph
 
-__all__ = ["GraphValidationError", "ValidationIssue", "ValidationResult", "validate_graph"]
+__all__ = ["GraphValidationError", "ValidationIssue", "ValidationResult", "reachable", "validate_graph"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +89,8 @@ def _reachability_warnings(graph: Graph) -> list[ValidationIssue]:
     starts = {e.node_id for e in graph.exposed_inputs().values()}
     starts |= {n for n in node_ids if not graph.get_node(n).block.get_input_ports()}
     ends = {e.node_id for e in graph.exposed_outputs().values()}
-    forward = _closure(starts, lambda n: (e.target_node for e in graph.get_edges_out(n)))
-    backward = _closure(ends, lambda n: (e.source_node for e in graph.get_edges_in(n)))
+    forward = reachable(starts, lambda n: (e.target_node for e in graph.get_edges_out(n)))
+    backward = reachable(ends, lambda n: (e.source_node for e in graph.get_edges_in(n)))
     warnings = []
     for n in node_ids:
         if n not in forward:
@@ -100,7 +100,8 @@ def _reachability_warnings(graph: Graph) -> list[ValidationIssue]:
     return warnings
 
 
-def _closure(starts: set[str], step: Callable[[str], Iterable[str]]) -> set[str]:
+def reachable(starts: set[str], step: Callable[[str], Iterable[str]]) -> set[str]:
+    """Every node reached from ``starts`` by following ``step`` (breadth first)."""
     seen = set(starts)
     queue = deque(starts)
     while queue:
