@@ -248,10 +248,7 @@ def _pending_run(world: World, action: str | None) -> int | None:
     """The passes of an interrupted run, which World.stream finishes instead of starting anew."""
     if action is not None:
         return None  # an action starts a new run (the interrupted one is dropped)
-    snapshot = world.graph.get_state({"configurable": {"thread_id": "main"}})
-    if not snapshot.next:
-        return None
-    return int(snapshot.values.get("passes") or 1)
+    return world.interrupted_passes()
 
 
 def _next_after(event: TraceEvent) -> tuple[str, int]:

@@ -471,7 +471,12 @@ class World:
 
     def interrupted(self, thread_id: str | None = None) -> bool:
         """Whether a run on this thread stopped mid-way (a crash, a kill, a failed transition)."""
-        return bool(self.graph.get_state(self._run_config(thread_id)).next)
+        return self.interrupted_passes(thread_id) is not None
+
+    def interrupted_passes(self, thread_id: str | None = None) -> int | None:
+        """The pass count of the run that stopped mid-way on this thread, or None."""
+        snapshot = self.graph.get_state(self._run_config(thread_id))
+        return int(snapshot.values.get("passes") or 1) if snapshot.next else None
 
     def resume(self, thread_id: str | None = None) -> WorldResult:
         """Finish a run that was interrupted (by a crash or a kill) from its last checkpoint."""
