@@ -789,8 +789,8 @@ class ProceduralRenderer:
 class DiffusersTextToImage:
     """A local diffusers checkpoint (e.g. Stable Diffusion) run on CPU.
 
-    Loading is lazy and happens once, under a lock, on first use, so building a
-    world stays cheap until an image is actually needed. Calls are serialised too:
+    Loading is lazy and goes through the model pool, so building a world stays cheap
+    until an image is needed, and renderers on one folder share one pipeline. Calls are serialised too:
     a diffusers pipeline mutates its scheduler per call and is not re-entrant.
     Weights are only ever read from ``folder`` (never downloaded).
     """
@@ -799,7 +799,6 @@ class DiffusersTextToImage:
         self.folder = Path(folder).expanduser()
         self.name = f"diffusers:{folder}"
         self._pipe: Any = None
-        self._load_lock = threading.Lock()
         self._call_lock = threading.Lock()
         self.loads = 0  # how many times weights were read; tests check it stays 1
 
@@ -813,27 +812,32 @@ class DiffusersTextToImage:
             )
 
     def load(self) -> Any:
-        """Return the pipeline, reading it from disk the first time."""
+        """Return the pipeline: through the model pool, so one folder is read once per process."""
         if self._pipe is None:
-            with self._load_lock:
-                if self._pipe is None:
-                    self._check_folder()
-                    from diffusers import DiffusionPipeline
+            self._check_folder()
+            from worldgen.local_models.pool import resolve_pool
 
-                    try:
-                        pipe = DiffusionPipeline.from_pretrained(
-                            str(self.folder),
-                            local_files_only=True,
-                            use_safetensors=True,
-                            low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
-                        )
-                    except Exception as e:  # diffusers errors rarely say which folder
-                        raise RuntimeError(f"could not load diffusers checkpoint {self.folder}: {e}") from e
-                    pipe = pipe.to("cpu")
-                    pipe.set_progress_bar_config(disable=True)
-                    self.loads += 1
-                    self._pipe = pipe
+            self._pipe = resolve_pool().get(
+                str(self.folder), loader=self._read, cls="DiffusionPipeline", requested_by=self.name
+            )
         return self._pipe
+
+    def _read(self) -> Any:
+        from diffusers import DiffusionPipeline
+
+        try:
+            pipe = DiffusionPipeline.from_pretrained(
+                str(self.folder),
+                local_files_only=True,
+                use_safetensors=True,
+                low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
+            )
+        except Exception as e:  # diffusers errors rarely say which folder
+            raise RuntimeError(f"could not load diffusers checkpoint {self.folder}: {e}") from e
+        pipe = pipe.to("cpu")
+        pipe.set_progress_bar_config(disable=True)
+        self.loads += 1
+        return pipe
 
     def __call__(
         self,
