@@ -321,6 +321,7 @@ class World:
         """
         thread = thread_id or "main"
         if dry_run:
+            _check_call(num_steps, action)
             return self._dry_run(state, num_steps, thread)
         return self._result(self._inputs(state, action, num_steps, thread), thread, hooks)
 
@@ -373,10 +374,7 @@ class World:
         self, state: WorldState | Mapping[str, Any] | None, action: str | None, num_steps: int, thread: str
     ) -> dict[str, Any] | None:
         """The graph input for a call: a new run, or None to finish an interrupted one."""
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-        if action is not None and not isinstance(action, str):
-            raise TypeError(f"action must be a string or None, got {type(action).__name__}")
+        _check_call(num_steps, action)
         parsed = None if state is None else WorldState.parse(state)  # fail before persisting
         if parsed is None and action is None and thread not in self._settled and self.interrupted(thread):
             return None
@@ -428,8 +426,6 @@ class World:
 
     def _dry_run(self, state: WorldState | Mapping[str, Any] | None, num_steps: int, thread: str) -> WorldResult:
         """Walk the cycle on the conditions alone: no stage is called, nothing is persisted."""
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
         current = self.current_state(thread) if state is None else WorldState.parse(state)
         channels: dict[str, Any] = dict(current.to_channels())
         trace: list[TraceEvent] = []
@@ -711,6 +707,13 @@ def _cursor(state: Mapping[str, Any]) -> tuple[int, int]:
         if event["status"] == "ran" or event.get("review"):  # a rejected update was still visited
             return event["pass"], _INDEX[event["transition"]]
     return 1, -1
+
+
+def _check_call(num_steps: Any, action: Any) -> None:
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    if action is not None and not isinstance(action, str):
+        raise TypeError(f"action must be a string or None, got {type(action).__name__}")
 
 
 def _filled(state: Mapping[str, Any]) -> set[int]:
