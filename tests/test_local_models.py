@@ -115,12 +115,18 @@ def test_cache_dir_follows_worldgen_cache(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 # -- loading and caching -----------------------------------------------------
+def _fresh_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model pool of its own, as a new process has."""
+    from worldgen.local_models import pool
+
+    monkeypatch.setattr(pool, "_DEFAULT", pool.ModelPool())
+
 
 
 def test_load_pretrained_once_per_process_even_from_threads(
     tiny_llm_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(gguf, "_LOADED", {})
+    _fresh_pool(monkeypatch)
     calls = []
     real = gguf._load_folder
 
@@ -211,7 +217,7 @@ def test_smollm2_second_load_comes_from_safetensors_cache(
 
     cold, cache = smollm2_cold
     monkeypatch.setenv("WORLDGEN_CACHE", str(cache))
-    monkeypatch.setattr(gguf, "_LOADED", {})  # as in a new process
+    _fresh_pool(monkeypatch)  # as in a new process
 
     def no_gguf(path):
         raise AssertionError("the GGUF must not be read when the cache exists")

@@ -27,7 +27,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,10 +58,6 @@ class LoadedModel:
     path: Path
     source: Literal["gguf", "safetensors"]
     seconds: float
-
-
-_LOCK = threading.Lock()
-_LOADED: dict[str, LoadedModel] = {}
 
 
 def cache_root() -> Path:
@@ -101,30 +96,30 @@ def smollm2_gguf_path() -> Path:
 
 
 def load_smollm2() -> LoadedModel:
-    """Load SmolLM2-135M-Instruct once per process: from the cache, else from the GGUF."""
+    """Load SmolLM2-135M-Instruct once per process (through the model pool): from the
+    safetensors cache, else from the GGUF, writing the cache."""
+    from worldgen.local_models.pool import resolve_pool
+
     gguf_path = smollm2_gguf_path()
     cache_dir = smollm2_cache_dir()
-    key = f"smollm2:{gguf_path}:{cache_dir.resolve()}"
-    with _LOCK:
-        if key in _LOADED:
-            return _LOADED[key]
+
+    def read() -> LoadedModel:
         if _is_complete(cache_dir):
-            loaded = _load_folder(cache_dir)
-        else:
-            loaded = _load_gguf(gguf_path)
-            _write_cache_atomically(loaded, cache_dir)
-        _LOADED[key] = loaded
+            return _load_folder(cache_dir)
+        loaded = _load_gguf(gguf_path)
+        _write_cache_atomically(loaded, cache_dir)
         return loaded
+
+    return resolve_pool().get(str(gguf_path), loader=read, cls="transformers:causal_lm",
+                              options={"cache": str(cache_dir.resolve())})
 
 
 def load_pretrained(folder: str | os.PathLike[str]) -> LoadedModel:
-    """Load a ``save_pretrained`` folder (model + tokenizer) once per process."""
+    """Load a ``save_pretrained`` folder (model + tokenizer) once per process, through the pool."""
+    from worldgen.local_models.pool import resolve_pool
+
     path = Path(folder).expanduser().resolve()
-    key = f"folder:{path}"
-    with _LOCK:
-        if key not in _LOADED:
-            _LOADED[key] = _load_folder(path)
-        return _LOADED[key]
+    return resolve_pool().get(str(path), loader=lambda: _load_folder(path), cls="transformers:causal_lm")
 
 
 def _is_complete(folder: Path) -> bool:
