@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from worldgen.files import atomic_write
 from worldgen.state import ArtifactRef
 
 if TYPE_CHECKING:
@@ -47,12 +47,7 @@ class ArtifactStore:
         name = f"{sha}.{ext}"
         target = self.folder / name
         if not target.exists():
-            self.folder.mkdir(parents=True, exist_ok=True)
-            # write-then-rename: a crash never leaves a truncated file under the final name
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
+            atomic_write(target, data)
         return ArtifactRef(
             kind=kind, uri=f"artifacts/{name}", sha256=sha, mime=mime, slot=slot, meta=dict(meta or {})
         )

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from worldgen.state import ArtifactRef, BLOCK_NUMBERS
+from worldgen.files import atomic_write
+from worldgen.state import BLOCK_NUMBERS, ArtifactRef
 
 if TYPE_CHECKING:
     from worldgen.world import TraceEvent, World
@@ -85,10 +86,7 @@ def write_chronicle(
     target = Path(path) if path is not None else Path(world.root) / CHRONICLE_NAME
     target.parent.mkdir(parents=True, exist_ok=True)
     html_text = render_chronicle(world, trace=trace, page_dir=target.parent)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(html_text, encoding="utf-8")
-    os.replace(tmp, target)  # a reader never sees half a page
-    return target
+    return atomic_write(target, html_text)  # a reader never sees half a page
 
 
 def render_chronicle(

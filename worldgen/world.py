@@ -22,8 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from typing_extensions import TypedDict  # pydantic (LangGraph Server schemas) needs it before 3.12
-
 import yaml
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -32,13 +30,17 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 from langgraph.types import Command, RetryPolicy, interrupt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing_extensions import (
+    TypedDict,  # pydantic (LangGraph Server schemas) needs it before 3.12
+)
 
 from worldgen.artifacts import ArtifactStore, check_name
 from worldgen.content import ContentSnapshot, InitialWorld, WorldContent
 from worldgen.engine.validation import ValidationIssue, ValidationResult
-from worldgen.storage import open_checkpointer, open_store
+from worldgen.files import atomic_write
 from worldgen.stage import CYCLE, Condition, Stage, StageImpl, TransitionError
 from worldgen.state import BLOCK_NUMBERS, BLOCK_TYPES, StateError, WorldState, block_key
+from worldgen.storage import open_checkpointer, open_store
 
 __all__ = ["TraceEvent", "World", "WorldConfig", "WorldHook", "WorldResult", "SCHEMA_VERSION"]
 
@@ -163,7 +165,7 @@ class WorldConfig(BaseModel):
         return config
 
     def dump(self, path: str | os.PathLike[str]) -> None:
-        _atomic_write(Path(path), yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+        atomic_write(Path(path), yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
 #: called after each transition that ran: (transition, state before, state after)
@@ -655,7 +657,7 @@ class World:
             "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "state": {key: state.get(key) for key in _BLOCK_KEYS},
         }
-        _atomic_write(self.root / rel, json.dumps(doc, indent=2, ensure_ascii=False))
+        atomic_write(self.root / rel, json.dumps(doc, indent=2, ensure_ascii=False))
         return rel.as_posix()
 
 
@@ -773,12 +775,3 @@ def _canon_stages(
     from worldgen.agents import canon_stages
 
     return {**canon_stages(llm=llm, text_to_image=text_to_image, agents=agents), **overrides}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write-then-rename: a crash never leaves half a file under the final name (a world has
-    one writer, so a fixed temporary name is safe)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
