@@ -52,13 +52,13 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.runnables import Runnable
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from worldgen.blocks.ports import PortType
 from worldgen.blocks.registry import BlockRegistry
 from worldgen.engine.graph import Graph
 from worldgen.engine.pipeline import Pipeline
-from worldgen.engine.serialization import EdgeConfig
+from worldgen.engine.serialization import EdgeConfig, StrictConfig
 from worldgen.engine.validation import ValidationIssue, ValidationResult, reachable
 from worldgen.stage import Condition, Stage
 from worldgen.state import BLOCK_NUMBERS, BLOCK_TYPES, block_key
@@ -839,11 +839,7 @@ def stage_from_template(name: str, **params: Any) -> Stage:
 STAGE_META_FILE = "stage_meta.json"
 
 
-class _StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class _StagePipelineConfig(_StrictModel):
+class _StagePipelineConfig(StrictConfig):
     pipeline_config: dict[str, Any] | None = None
     ref: str | None = Field(None, min_length=1)
 
@@ -861,14 +857,14 @@ class _StagePipelineConfig(_StrictModel):
         return self
 
 
-class _StateContractConfig(_StrictModel):
+class _StateContractConfig(StrictConfig):
     input_blocks: list[int | str] = []
     output_blocks: list[int | str] = []
     mapping_input: list[tuple[str, str, str]] | None = None
     mapping_output: list[tuple[str, str, str]] | None = None
 
 
-class _StageConfig(_StrictModel):
+class _StageConfig(StrictConfig):
     schema_version: str
     stage_id: str = Field(min_length=1)
     role: str | None = None

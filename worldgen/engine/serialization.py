@@ -95,12 +95,14 @@ class ConfigError(ValueError):
 
 
 # ----------------------------------------------------------------- config models
-class _Strict(BaseModel):
+class StrictConfig(BaseModel):
+    """Base of every config model (graph, pipeline, stage)."""
+
     # unknown keys are errors: a misspelt key silently ignored is a wrong graph
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class BlockConfig(_Strict):
+class BlockConfig(StrictConfig):
     """One block: registered type, constructor config, and its id (kept so sharing survives)."""
 
     block_type: str = Field(min_length=1)
@@ -135,20 +137,20 @@ class NodeConfig(BlockConfig):
         return self
 
 
-class EdgeConfig(_Strict):
+class EdgeConfig(StrictConfig):
     source_node: str = Field(min_length=1)
     source_port: str = Field(min_length=1)
     target_node: str = Field(min_length=1)
     target_port: str = Field(min_length=1)
 
 
-class ExposedPortConfig(_Strict):
+class ExposedPortConfig(StrictConfig):
     node_id: str = Field(min_length=1)
     port_name: str = Field(min_length=1)
     name: str | None = None
 
 
-class GraphConfig(_Strict):
+class GraphConfig(StrictConfig):
     """A whole graph. Edges are the explicit ones only; exposures keep their order."""
 
     schema_version: str = SCHEMA_VERSION
@@ -356,7 +358,7 @@ def _validate_graph(raw: Mapping[str, Any], where: str) -> GraphConfig:
     return _validate(GraphConfig, {**raw, "schema_version": version}, where)
 
 
-def _validate(model: type[_Strict], data: Any, where: str) -> Any:
+def _validate(model: type[StrictConfig], data: Any, where: str) -> Any:
     """`model.model_validate`, with errors as one `ConfigError` naming each key path."""
     if isinstance(data, model):
         return data
@@ -498,7 +500,7 @@ SharedBlocks = dict[str, tuple[str, NodeConfig, Block]]
 """block_id → (first node label, its entry, the block): pass one dict to share blocks across builds."""
 
 
-class PipelineGraphConfig(_Strict):
+class PipelineGraphConfig(StrictConfig):
     """One graph of a pipeline: a nested graph config or ``{ref: file or saved folder}``.
 
     A bare graph config (no ``graph_config``/``ref`` key) is accepted as the nested form."""
@@ -521,13 +523,13 @@ class PipelineGraphConfig(_Strict):
         return self
 
 
-class PipelineExposedPortConfig(_Strict):
+class PipelineExposedPortConfig(StrictConfig):
     pipeline_node_id: str = Field(min_length=1)
     port_name: str = Field(min_length=1)
     name: str | None = None
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(StrictConfig):
     """A whole pipeline: graphs by pipeline node id, edges between their ports, exposures."""
 
     schema_version: str = SCHEMA_VERSION
