@@ -159,6 +159,10 @@ class Stage:
             )
         self.impl = impl
         self._takes_config = _accepts_config(impl)
+        #: the config entry the stage was built from (a template and its params), for saving
+        self.source: dict[str, Any] | None = None
+        #: the canon's own transition, rebuilt from the world's ``llm`` rather than saved
+        self.canon = False
 
     @classmethod
     def coerce(cls, role: str, value: Stage | StageImpl) -> Stage:
@@ -174,7 +178,9 @@ class Stage:
         """A registered stage template (``"creator_stage"``: the canon Creator as a graph)."""
         from worldgen.stage_graph import stage_from_template
 
-        return stage_from_template(name, **params)
+        stage = stage_from_template(name, **params)
+        stage.source = {"template": name, "params": dict(params)}
+        return stage
 
     def validate(self, strict: bool = True) -> Any:
         """Validate the stage's inner graph of pipelines, when it is built from one.

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
@@ -41,11 +40,11 @@ from worldgen.files import atomic_write
 from worldgen.stage import CYCLE, Condition, Stage, StageImpl, TransitionError
 from worldgen.state import BLOCK_NUMBERS, BLOCK_TYPES, StateError, WorldState, block_key
 from worldgen.storage import open_checkpointer, open_store
+from worldgen.world_config import SCHEMA_VERSION, WorldConfig, check_cycle, is_code, stage_entry
 
 __all__ = ["TraceEvent", "World", "WorldConfig", "WorldHook", "WorldResult", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
-_INDEX = {t: i for i, t in enumerate(CYCLE)}
+WORLD_META_FILE = "world_meta.json"
 _BLOCK_KEYS = tuple(block_key(n) for n in BLOCK_NUMBERS)
 
 
@@ -115,59 +114,6 @@ class WorldResult(BaseModel):
         return [e.transition for e in self.trace if e.status == "ran"]
 
 
-class StorageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    state_dir: str = "states"
-
-
-class WorldConfig(BaseModel):
-    """``world.yaml``: how to rebuild the world. Never holds secrets (models by name only)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    schema_version: int = SCHEMA_VERSION
-    world_id: str = "world"
-    template: str = "canon"
-    description: str = ""
-    llm: str | None = "local"
-    text_to_image: str | None = "procedural"
-    initial_world: InitialWorld = Field(default_factory=InitialWorld)
-    storage: StorageConfig = Field(default_factory=StorageConfig)
-    #: pause before each World update for a person to approve, edit or reject the state
-    review: bool = False
-    #: Development as an agent reading the world through tools (needs a tool-calling model)
-    agents: bool = False
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> WorldConfig:
-        """Read and validate a YAML or JSON world config, naming the bad key."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a world config is a mapping, got {type(data).__name__}")
-        version = data.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
-            raise ValueError(
-                f"{path}: schema_version {version} is not supported (this worldgen reads {SCHEMA_VERSION})"
-            )
-        try:
-            config = cls.model_validate(data)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors()
-            )
-            raise ValueError(f"{path}: {problems}") from exc
-        check_name(config.world_id, "world id")
-        return config
-
-    def dump(self, path: str | os.PathLike[str]) -> None:
-        atomic_write(Path(path), yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
-
-
 #: called after each transition that ran: (transition, state before, state after)
 WorldHook = Callable[[str, WorldState, WorldState], None]
 
@@ -194,12 +140,15 @@ class World:
         self.config = config or WorldConfig()
         check_name(self.config.world_id, "world id")
         missing = [t for t in CYCLE if t not in stages]
-        unknown = [t for t in stages if t not in _INDEX]
+        unknown = [t for t in stages if t not in CYCLE]
         if unknown:
             raise ValueError(f"unknown transition {', '.join(unknown)}: expected {', '.join(CYCLE)}")
         if missing:
             raise ValueError(f"the world needs a stage for {', '.join(missing)}")
         self.stages: dict[str, Stage] = {t: Stage.coerce(t, stages[t]) for t in CYCLE}
+        #: the order transitions run in (the config's ``cycle``; the canon's by default)
+        self.cycle: tuple[str, ...] = tuple(check_cycle(self.config.cycle))
+        self._index = {t: i for i, t in enumerate(self.cycle)}
         self._conditions: dict[str, Condition] = {t: s.condition for t, s in self.stages.items()}
         self.root = Path(root) if root is not None else Path("worlds") / self.config.world_id
         self.root.mkdir(parents=True, exist_ok=True)
@@ -217,6 +166,7 @@ class World:
         self.content_view = WorldContent(self.store, self.config.world_id, self.artifacts)
         self.content_view.seed(self.config.initial_world)
         self._write_config()
+        self._initial_state = self._last_snapshot() if self.config.storage.load_last_state else None
         self.graph: CompiledStateGraph = self.compile(checkpointer=checkpointer or None, store=self.store)
 
     # -- construction ---------------------------------------------------------------------
@@ -235,6 +185,7 @@ class World:
         review: bool = False,
         style: str | None = None,
         agents: bool = False,
+        cycle: Sequence[str] | None = None,
     ) -> World:
         """The canon world, its six transitions driven by ``llm`` unless given in ``stages``.
 
@@ -256,10 +207,60 @@ class World:
             initial_world=InitialWorld.model_validate(initial_world if initial_world is not None else _CANON_INITIAL),
             review=review,
             agents=agents,
+            cycle=list(cycle) if cycle is not None else list(CYCLE),
         )
         if style is not None:
             config.initial_world.style = style
         return cls(_canon_stages(llm, text_to_image, stages or {}, agents=agents), root=root, config=config)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: str | os.PathLike[str] | Mapping[str, Any] | WorldConfig,
+        *,
+        root: str | os.PathLike[str] | None = None,
+        llm: Any = None,
+        text_to_image: Any = None,
+        stages: Mapping[str, Stage | StageImpl] | None = None,
+        review: bool | None = None,
+        base_dir: str | os.PathLike[str] | None = None,
+    ) -> World:
+        """A world from ``world.yaml`` (a path, a dict or a WorldConfig), then validated.
+
+        Stage entries (templates, saved stage graphs, stage configs) resolve relative to the
+        config file; the other transitions are the canon's, driven by ``llm`` (the config's
+        unless given). ``root`` defaults to the config file's folder, so reopening a world is
+        ``World.from_config(root / "world.yaml")``. ``base_dir`` resolves the refs of a
+        config given as a dict (default: the working directory).
+        """
+        base = Path(base_dir) if base_dir is not None else Path.cwd()
+        if isinstance(config, (str, os.PathLike)):
+            path = Path(config)
+            if path.is_dir():
+                path = path / "world.yaml"
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: no world config here; create a world with World.from_template")
+            base = Path(base_dir) if base_dir is not None else path.parent
+            root = root if root is not None else path.parent
+            config = WorldConfig.load(path)
+        config = WorldConfig.parse(config)
+        llm = llm if llm is not None else config.llm
+        t2i = text_to_image if text_to_image is not None else config.text_to_image
+        config = config.model_copy(
+            update={
+                "llm": llm if isinstance(llm, str) or llm is None else None,
+                "text_to_image": t2i if isinstance(t2i, str) or t2i is None else None,
+                "review": config.review if review is None else review,
+            }
+        )
+        overrides = {**config.build_stages(base), **(stages or {})}
+        world = cls(_canon_stages(llm, t2i, overrides, agents=config.agents), root=root, config=config)
+        try:
+            world.validate(strict=True)
+        except ValueError:
+            world.close()
+            raise
+        return world
 
     @classmethod
     def open(
@@ -275,17 +276,78 @@ class World:
         path = Path(root) / "world.yaml"
         if not path.exists():
             raise FileNotFoundError(f"{root}: no world.yaml here; create a world with World.from_template")
-        config = WorldConfig.load(path)
-        llm = llm if llm is not None else config.llm
-        t2i = text_to_image if text_to_image is not None else config.text_to_image
-        config = config.model_copy(
-            update={
-                "llm": llm if isinstance(llm, str) or llm is None else None,
-                "text_to_image": t2i if isinstance(t2i, str) or t2i is None else None,
-                "review": config.review if review is None else review,
-            }
-        )
-        return cls(_canon_stages(llm, t2i, stages or {}, agents=config.agents), root=root, config=config)
+        return cls.from_config(path, root=root, llm=llm, text_to_image=text_to_image, stages=stages, review=review)
+
+    # -- saving ---------------------------------------------------------------------------
+    def save(self, save_dir: str | os.PathLike[str], *, with_state: bool = True) -> Path:
+        """Write ``config.yaml``, ``checkpoints/<stage_id>/`` and ``world_meta.json``.
+
+        The world's execution half (world.md §4): its cycle, storage, initial world and the
+        stages that are not the canon's — a stage graph is saved with its weights, a
+        template stage as its template and parameters, a canon stage as nothing (it is
+        rebuilt from ``llm``). A stage that is only code is listed in ``world_meta.json``
+        (``code_stages``) and must be given again to ``World.load(stages=...)``.
+        ``with_state`` adds the current state (``last_state.json``), which ``World.load``
+        starts from.
+        """
+        directory = Path(save_dir)
+        entries = {}
+        for transition in self.cycle:
+            rel = f"checkpoints/{transition}"
+            entry = stage_entry(transition, self.stages[transition], directory / rel, rel)
+            if entry is not None:
+                entries[transition] = entry
+        config = self.config.model_copy(update={"stages": entries})
+        config.dump(directory / "config.yaml")
+        meta: dict[str, Any] = {
+            "world_id": self.world_id, "cycle": list(self.cycle), "schema_version": SCHEMA_VERSION,
+            "stages": sorted(entries), "code_stages": [t for t in self.cycle if is_code(self.stages[t])],
+        }
+        if with_state:
+            state = self.state.to_channels()
+            atomic_write(directory / "last_state.json", json.dumps(state, indent=2, ensure_ascii=False))
+            meta["last_state"] = "last_state.json"
+        atomic_write(directory / WORLD_META_FILE, json.dumps(meta, indent=2, ensure_ascii=False))
+        return directory
+
+    @classmethod
+    def load(
+        cls,
+        save_dir: str | os.PathLike[str],
+        *,
+        root: str | os.PathLike[str] | None = None,
+        llm: Any = None,
+        text_to_image: Any = None,
+        stages: Mapping[str, Stage | StageImpl] | None = None,
+    ) -> World:
+        """A world written by ``save``, rooted in ``root`` (default: ``worlds/<world_id>``).
+
+        The saved state, if any, is where the new world starts (on a thread that has none).
+        """
+        directory = Path(save_dir)
+        meta_path = directory / WORLD_META_FILE
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{directory}: no {WORLD_META_FILE}; not a folder written by World.save")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(
+                f"{meta_path}: schema_version {meta.get('schema_version')!r} is not supported "
+                f"(this worldgen reads {SCHEMA_VERSION})"
+            )
+        config = WorldConfig.load(directory / "config.yaml")
+        missing = [t for t in meta.get("code_stages", ()) if t not in (stages or {})]
+        if missing:
+            raise ValueError(
+                f"{directory}: stages {', '.join(missing)} were code when saved; give them with stages={{...}}")
+        if root is None:
+            root = Path("worlds") / config.world_id
+        world = cls.from_config(
+            config, root=root, llm=llm, text_to_image=text_to_image, stages=stages, base_dir=directory)
+        state_file = meta.get("last_state")
+        if state_file and world._initial_state is None:
+            world._initial_state = WorldState.from_channels(
+                json.loads((directory / state_file).read_text(encoding="utf-8")))
+        return world
 
     def compile(
         self, *, checkpointer: BaseCheckpointSaver | None = None, store: BaseStore | None = None
@@ -294,10 +356,10 @@ class World:
         builder = StateGraph(WorldChannels, input_schema=WorldInput)
         builder.add_node("intake", self._intake_node)
         builder.add_edge(START, "intake")
-        targets = [*CYCLE, END]
+        targets = [*self.cycle, END]
         builder.add_conditional_edges("intake", self._next_target, targets)
         retry = RetryPolicy(max_attempts=3, retry_on=_is_retryable)
-        for t in CYCLE:
+        for t in self.cycle:
             builder.add_node(t, self._transition_node(t), retry_policy=retry)
             builder.add_conditional_edges(t, self._next_target, targets)
         return builder.compile(checkpointer=checkpointer, store=store, name=f"world:{self.config.world_id}")
@@ -381,9 +443,22 @@ class World:
         if parsed is None and action is None and thread not in self._settled and self.interrupted(thread):
             return None
         inputs: dict[str, Any] = {"num_steps": num_steps, "action": action}
+        if parsed is None and self._initial_state is not None and not self._has_state(thread):
+            parsed = self._initial_state  # load_last_state / World.load: a fresh thread starts from it
         if parsed is not None:
             inputs.update(parsed.to_channels())
         return inputs
+
+    def _has_state(self, thread: str) -> bool:
+        return bool(self.graph.get_state(self._run_config(thread)).values)
+
+    def _last_snapshot(self) -> WorldState | None:
+        """The newest snapshot's state (``storage.load_last_state``), or None."""
+        snapshots = self.snapshots()
+        if not snapshots:
+            return None
+        newest = max(snapshots, key=lambda p: p.stat().st_mtime_ns)
+        return WorldState.from_channels(json.loads(newest.read_text(encoding="utf-8"))["state"])
 
     def _result(self, inputs: Any, thread: str, hooks: Sequence[WorldHook] = ()) -> WorldResult:
         final: dict[str, Any] = {}
@@ -433,11 +508,11 @@ class World:
         trace: list[TraceEvent] = []
         cursor = (1, -1)
         while True:
-            skipped, target = _route(channels, cursor, num_steps, self._conditions)
+            skipped, target = self._route(channels, cursor, num_steps)
             trace += [TraceEvent.model_validate(e) for e in skipped]
             if target == END:
                 break
-            index = _INDEX[target]
+            index = self._index[target]
             cursor = (cursor[0] if index > cursor[1] else cursor[0] + 1, index)
             for n in self.stages[target].writes:
                 channels[block_key(n)] = {"planned": target}  # any filled block will do
@@ -483,6 +558,8 @@ class World:
     # -- reading --------------------------------------------------------------------------
     def current_state(self, thread_id: str | None = None) -> WorldState:
         values = self.graph.get_state(self._run_config(thread_id)).values
+        if not values and self._initial_state is not None:
+            return self._initial_state
         return WorldState.from_channels(values)
 
     @property
@@ -537,7 +614,19 @@ class World:
         return view
 
     def _next_target(self, state: Mapping[str, Any]) -> str:
-        return _route(state, _cursor(state), state.get("passes") or 1, self._conditions)[1]
+        return self._route(state, self._cursor(state), state.get("passes") or 1)[1]
+
+    def _route(
+        self, state: Mapping[str, Any], cursor: tuple[int, int], passes: int
+    ) -> tuple[list[dict[str, Any]], str]:
+        return _route(state, cursor, passes, self._conditions, self.cycle)
+
+    def _cursor(self, state: Mapping[str, Any]) -> tuple[int, int]:
+        """(pass, cycle index) of the last transition that ran in this run; (1, -1) before any."""
+        for event in reversed(state.get("trace") or ()):
+            if event["status"] == "ran" or event.get("review"):  # a rejected update was still visited
+                return event["pass"], self._index[event["transition"]]
+        return 1, -1
 
     def _intake_node(self, state: WorldChannels) -> dict[str, Any]:
         """Normalise this run's input: coerce blocks, reset the trace, set the pass count."""
@@ -553,7 +642,7 @@ class World:
         num_steps = state.get("num_steps") or 1
         update.update(num_steps=None, passes=num_steps)
         merged = {**state, **update}
-        update["trace"] = _route(merged, (1, -1), num_steps, self._conditions)[0]
+        update["trace"] = self._route(merged, (1, -1), num_steps)[0]
         return update
 
     def _materialise(self, block3: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -565,14 +654,14 @@ class World:
 
     def _transition_node(self, transition: str):
         stage = self.stages[transition]
-        index = _INDEX[transition]
+        index = self._index[transition]
         is_development = transition == "development"
         is_update = transition == "world_update"
         world = self
 
         def node(state: WorldChannels, config: RunnableConfig, store: BaseStore) -> dict[str, Any]:
             node_input = state
-            last_pass, last_index = _cursor(state)
+            last_pass, last_index = world._cursor(state)
             position = (last_pass if index > last_index else last_pass + 1, index)
             inputs: dict[str, Any] = {key: state.get(key) for key in stage.input_keys()}
             inputs["action"] = state.get("action") if is_development else None
@@ -622,7 +711,7 @@ class World:
                 if world.config.review:
                     event["review"] = "edited" if verdict.edits else "approved"
             merged = {**state, **update}
-            update["trace"] = [event, *_route(merged, position, state.get("passes") or 1, world._conditions)[0]]
+            update["trace"] = [event, *world._route(merged, position, state.get("passes") or 1)[0]]
             return update
 
         node.__name__ = transition
@@ -633,7 +722,7 @@ class World:
         event = {"pass": position[0], "transition": "world_update", "status": "skipped",
                  "reason": "rejected at review: dropped", "review": "rejected"}
         passes = state.get("passes") or 1
-        return {"trace": [event, *_route(state, position, passes, self._conditions)[0]]}
+        return {"trace": [event, *self._route(state, position, passes)[0]]}
 
     def _episode_key(self, episode: int, config: RunnableConfig) -> str:
         thread = str(config.get("configurable", {}).get("thread_id", "main"))
@@ -658,7 +747,18 @@ class World:
             "state": {key: state.get(key) for key in _BLOCK_KEYS},
         }
         atomic_write(self.root / rel, json.dumps(doc, indent=2, ensure_ascii=False))
+        self._rotate_snapshots(keep=self.root / rel)
         return rel.as_posix()
+
+    def _rotate_snapshots(self, keep: Path) -> None:
+        """``storage.max_snapshots``: drop the oldest snapshots beyond the cap."""
+        cap = self.config.storage.max_snapshots
+        if cap is None:
+            return
+        snapshots = sorted(self.snapshots(), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        for old in snapshots[: max(0, len(snapshots) - cap)]:
+            if old != keep:
+                old.unlink(missing_ok=True)
 
 
 #: what the canon template starts from when no initial world is given: a small model
@@ -703,14 +803,6 @@ def _review_request(state: Mapping[str, Any], pass_index: int) -> dict[str, Any]
 # --------------------------------------------------------------------------------------
 # routing: a pure function of the state, shared by the nodes and the conditional edges
 # --------------------------------------------------------------------------------------
-def _cursor(state: Mapping[str, Any]) -> tuple[int, int]:
-    """(pass, cycle index) of the last transition that ran in this run; (1, -1) before any."""
-    for event in reversed(state.get("trace") or ()):
-        if event["status"] == "ran" or event.get("review"):  # a rejected update was still visited
-            return event["pass"], _INDEX[event["transition"]]
-    return 1, -1
-
-
 def _check_call(num_steps: Any, action: Any) -> None:
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
@@ -724,7 +816,11 @@ def _filled(state: Mapping[str, Any]) -> set[int]:
 
 
 def _route(
-    state: Mapping[str, Any], cursor: tuple[int, int] | list[int], passes: int, conditions: Mapping[str, Condition]
+    state: Mapping[str, Any],
+    cursor: tuple[int, int] | list[int],
+    passes: int,
+    conditions: Mapping[str, Condition],
+    cycle: Sequence[str] = CYCLE,
 ) -> tuple[list[dict[str, Any]], str]:
     """From the last transition that ran, the skips before the next one, and the next one."""
     filled = _filled(state)
@@ -732,11 +828,11 @@ def _route(
     skipped: list[dict[str, Any]] = []
     while True:
         index += 1
-        if index == len(CYCLE):
+        if index == len(cycle):
             pass_index, index = pass_index + 1, 0
         if pass_index > passes:
             return skipped, END
-        transition = CYCLE[index]
+        transition = cycle[index]
         ok, reason = conditions[transition].check(filled)
         if ok:
             return skipped, transition
@@ -767,11 +863,15 @@ def _is_retryable(exc: BaseException) -> bool:
 def _canon_stages(
     llm: Any, text_to_image: Any, overrides: Mapping[str, Stage | StageImpl], *, agents: bool = False
 ) -> dict[str, Stage | StageImpl]:
-    unknown = [t for t in overrides if t not in _INDEX]
+    unknown = [t for t in overrides if t not in CYCLE]
     if unknown:
         raise ValueError(f"unknown transition {', '.join(unknown)}: expected {', '.join(CYCLE)}")
     if all(t in overrides for t in CYCLE):
         return dict(overrides)
     from worldgen.agents import canon_stages
 
-    return {**canon_stages(llm=llm, text_to_image=text_to_image, agents=agents), **overrides}
+    canon = {t: Stage.coerce(t, impl) for t, impl in canon_stages(llm=llm, text_to_image=text_to_image,
+                                                                  agents=agents).items() if t not in overrides}
+    for stage in canon.values():
+        stage.canon = True
+    return {**canon, **overrides}
