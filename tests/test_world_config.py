@@ -16,7 +16,6 @@ from worldgen import World
 from worldgen.blocks import Block, Port, PortType, input_port, output_port
 from worldgen.blocks.registry import global_registry, register_block
 from worldgen.engine import Graph, Pipeline
-from worldgen.engine.serialization import ConfigError
 from worldgen.stage_graph import StageGraph
 from worldgen.world_config import WorldConfig
 
