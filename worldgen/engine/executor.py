@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from worldgen.blocks.ports import PortAggregation, PortDirection
 from worldgen.blocks.roles import block_role
 from worldgen.engine.aggregation import aggregate
+from worldgen.engine.context import enter_node, exit_node
 from worldgen.engine.plan import NodeCall, PlanStep
 
 if TYPE_CHECKING:
@@ -115,7 +116,11 @@ def _call(
     if dry_run:
         outputs: Mapping[str, Any] = dict.fromkeys(call.outputs)
     else:
-        outputs = block.forward(values)
+        token = enter_node(node_id)  # lets a shared block act per use site (worldgen.engine.context)
+        try:
+            outputs = block.forward(values)
+        finally:
+            exit_node(token)
         if not isinstance(outputs, Mapping):
             raise TypeError(f"node {node_id!r}: forward() returned {type(outputs).__name__}, expected a dict")
     for port, value in outputs.items():
