@@ -346,3 +346,57 @@ def test_generate_and_reconstruct_on_a_tiny_checkpoint(tiny_sd: Path):
     assert torch.equal(again["image"], image)  # deterministic for a seed
     other = pipeline.run({"prompt": "a red fox", "seed": 2})
     assert not torch.equal(other["image"], image)
+
+
+# ------------------------------------------------------------------ remote graphs (§9, check 39)
+def test_check39_graph_with_mocked_endpoint_gives_the_local_outputs():
+    """The multiplier graph served in-process behind RemoteGraph: same outputs, same callbacks."""
+    from tests.langgraph_server import inprocess_client
+    from worldgen.remote import serve_pipeline
+
+    pipeline = chain()
+    expected = pipeline.run({"a": 1, "adder:b": 2})
+    calls: list[dict[str, Any]] = []
+    client = inprocess_client({"mul": serve_pipeline(mul_graph())}, calls)
+    pipeline.set_endpoint("multiplier", "http://remote.test", "mul", sync_client=client)
+    events: list[tuple[str, str]] = []
+    got = pipeline.run({"a": 1, "adder:b": 2}, callbacks=lambda node_id, phase, **kw: events.append((node_id, phase)))
+    assert got == expected == {"y": 15}
+    assert calls[0]["assistant_id"] == "mul" and calls[0]["input"] == {"inputs": {"x": 5}}
+    assert events == [("adder", BEFORE), ("adder", AFTER), ("multiplier", BEFORE), ("multiplier", AFTER)]
+    assert pipeline.metadata["endpoints"] == {"multiplier": {"endpoint_url": "http://remote.test", "assistant_id": "mul"}}
+
+    # tensors cross the wire by their port type; a remote graph has no local parameters to train
+    lin = Lin()
+    tensors = Pipeline("tensors")
+    tensors.add_graph(lin_graph("lin", lin))
+    tensors.expose_input("lin", "x", "x")
+    tensors.expose_output("lin", "y", "y")
+    x = torch.randn(3, 2)
+    local = tensors.run({"x": x})["y"]
+    tensors.set_endpoint("lin", "http://remote.test", "lin",
+                         sync_client=inprocess_client({"lin": serve_pipeline(lin_graph("lin", lin))}))
+    assert torch.equal(tensors.run({"x": x})["y"], local)
+    assert list(tensors.trainable_parameters()) == []
+    tensors.set_endpoint("lin", None)
+    assert len(list(tensors.trainable_parameters())) == 2 and "endpoints" not in tensors.metadata
+
+
+def test_endpoint_round_trips_in_the_pipeline_config(monkeypatch):
+    from worldgen.blocks import BlockRegistry
+
+    monkeypatch.setenv("LANGGRAPH_API_KEY", "sk-never-saved")
+    registry = BlockRegistry()
+    registry.register("Add", Add)
+    registry.register("Mul", Mul)
+    pipeline = chain()
+    pipeline.set_endpoint("multiplier", "http://gpu:2024", api_key_env="GPU_KEY")
+    config = pipeline.to_config()
+    assert config["metadata"]["endpoints"] == {
+        "multiplier": {"endpoint_url": "http://gpu:2024", "assistant_id": "multiplier", "api_key_env": "GPU_KEY"}}
+    assert "sk-never-saved" not in str(config)
+    loaded = Pipeline.from_config(config, registry=registry)
+    assert loaded.get_endpoint("multiplier").to_config() == config["metadata"]["endpoints"]["multiplier"]
+    assert loaded.get_endpoint("adder") is None and loaded.to_config() == config
+    with pytest.raises(ValueError, match="metadata.endpoints.adder needs an endpoint_url"):
+        loaded.metadata = {"endpoints": {"adder": {}}}

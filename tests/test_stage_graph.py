@@ -264,3 +264,218 @@ def test_stage_from_template_and_validate(tiny_sd):
     stage = Stage.from_template("creator_stage", checkpoint=tiny_sd, num_inference_steps=2, height=32, width=32)
     assert stage.role == "creator" and stage.validate().is_valid
     assert Stage("author", lambda s: {}).validate().is_valid
+
+
+# ------------------------------------------------------------------ concurrency
+def test_independent_nodes_run_concurrently_with_deterministic_results():
+    """Four independent nodes meet at a barrier: it only opens if they run at once."""
+    import random
+    import threading
+    import time
+
+    barrier = threading.Barrier(4, timeout=10)
+
+    def node(i: int):
+        def run(d: dict[str, Any]) -> str:
+            barrier.wait()
+            time.sleep(random.random() / 50)  # finish in any order
+            return f"{d['x']}-{i}"
+        return run
+
+    sg = StageGraph("fan")
+    for i in range(4):
+        sg.add_runnable(node(i), f"n{i}", inputs=["x"], outputs=["y"])
+    sg.add_runnable(lambda d: " ".join(d[f"a{i}"] for i in range(4)), "join",
+                    inputs=[f"a{i}" for i in range(4)], outputs=["out"])
+    for i in range(4):
+        sg.add_edge(f"n{i}", "y", "join", f"a{i}")
+    sg.set_state_contract([1], [5], mapping_input=[("block1", f"n{i}", "x") for i in range(4)],
+                          mapping_output=[("block5", "join", "out")])
+    assert sg.validate().is_valid
+    for _ in range(3):
+        events: list[tuple[str, bool]] = []
+        update = sg.run({"block1": {"text": "t"}}, callbacks=lambda n, i, o, seen=events: seen.append((n, o is None)))
+        assert update["block5"] == {"text": "t-0 t-1 t-2 t-3"}
+        assert events[:4] == [(f"n{i}", True) for i in range(4)]  # all started before any finished
+        assert sorted(events[4:8]) == [(f"n{i}", False) for i in range(4)]
+        assert events[8:] == [("join", True), ("join", False)]
+        barrier.reset()
+
+
+def test_a_failing_concurrent_node_raises_and_the_others_finish():
+    import threading
+
+    finished = threading.Event()
+
+    def slow(d: dict[str, Any]) -> str:
+        finished.wait(0.2)
+        finished.set()
+        return "ok"
+
+    def boom(d: dict[str, Any]) -> str:
+        raise ValueError("node boom failed")
+
+    sg = StageGraph("fail")
+    sg.add_runnable(slow, "slow", inputs=["x"], outputs=["y"])
+    sg.add_runnable(boom, "boom", inputs=["x"], outputs=["y"])
+    sg.set_state_contract([1], [4, 5], mapping_input=[("block1", "slow", "x"), ("block1", "boom", "x")],
+                          mapping_output=[("block4", "slow", "y"), ("block5", "boom", "y")])
+    with pytest.raises(ValueError, match="node boom failed"):
+        sg({"block1": "x"})
+    assert finished.is_set()  # the pool was drained, not abandoned
+
+
+def test_workers_keep_grad_mode_and_context():
+    import contextvars
+
+    import torch
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen = {}
+
+    def probe(name: str):
+        def run(d: dict[str, Any]) -> str:
+            seen[name] = (torch.is_grad_enabled(), var.get())
+            return "x"
+        return run
+
+    sg = StageGraph("ctx")
+    sg.add_runnable(probe("a"), "a", inputs=["x"], outputs=["y"])
+    sg.add_runnable(probe("b"), "b", inputs=["x"], outputs=["y"])
+    sg.set_state_contract([1], [4, 5], mapping_input=[("block1", "a", "x"), ("block1", "b", "x")],
+                          mapping_output=[("block4", "a", "y"), ("block5", "b", "y")])
+    token = var.set("set")
+    try:
+        with torch.no_grad():
+            sg({"block1": "x"})
+    finally:
+        var.reset(token)
+    assert seen == {"a": (False, "set"), "b": (False, "set")}
+
+
+# ------------------------------------------------------------------ check 22: condition + training keys
+class Lin(Block):
+    """y = x * w with one learnable scalar, so sharing and freezing are visible."""
+
+    block_type = "sg_test/lin"
+
+    def __init__(self, block_id: str | None = None, *, config: Mapping[str, Any] | None = None) -> None:
+        import torch
+
+        super().__init__(block_id, config=config)
+        self.w = torch.nn.Parameter(torch.tensor(float((config or {}).get("w", 2.0))))
+
+    def declare_ports(self) -> list[Port]:
+        return [input_port("x", PortType.TENSOR), output_port("y", PortType.TENSOR)]
+
+    def forward(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        return {"y": inputs["x"] * self.w}
+
+    def local_parameters(self):
+        yield self.w
+
+    def local_state_dict(self) -> dict[str, Any]:
+        return {"w": self.w.detach().clone()}
+
+    def load_local_state_dict(self, state: dict[str, Any]) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.w.copy_(state["w"])
+
+
+def _lin_registry():
+    from worldgen.blocks import BlockRegistry
+
+    registry = BlockRegistry()
+    registry.register("sg_test/lin", Lin)
+    return registry
+
+
+def _training_stage() -> tuple[StageGraph, Lin, Lin, Lin]:
+    """Nodes a and b share block `shared`; a has `own_a`, b has `own_b`."""
+    shared, own_a, own_b = Lin("shared"), Lin("own_a", config={"w": 3.0}), Lin("own_b", config={"w": 5.0})
+    sg = StageGraph("trainer")
+    for nid, own in (("a", own_a), ("b", own_b)):
+        graph = Graph(nid)
+        graph.add_node("s", shared)
+        graph.add_node("o", own)
+        graph.add_edge("s", "y", "o", "x")
+        graph.expose_input("s", "x", "x")
+        graph.expose_output("o", "y", "y")
+        sg.add_pipeline(graph, nid)
+    sg.set_state_contract([1], [5], mapping_input=[("block1", "a", "x"), ("block1", "b", "x")],
+                          mapping_output=[("block5", "a", "y")])
+    return sg, shared, own_a, own_b
+
+
+def test_trainable_parameters_are_deduplicated_and_follow_trainable_nodes():
+    sg, shared, own_a, own_b = _training_stage()
+    assert [id(p) for p in sg.trainable_parameters()] == [id(shared.w), id(own_a.w), id(own_b.w)]
+    sg.set_training(["b"], lr=0.01)
+    assert [id(p) for p in sg.trainable_parameters()] == [id(shared.w), id(own_b.w)]
+    assert own_a.w.requires_grad  # freeze_others=False leaves the others alone
+    assert sg.param_groups()[0]["lr"] == 0.01 and len(sg.param_groups()[0]["params"]) == 2
+    sg.set_training(["b"], freeze_others=True)
+    assert not own_a.w.requires_grad and shared.w.requires_grad and own_b.w.requires_grad
+    with pytest.raises(ValueError, match="no node 'nope'"):
+        sg.set_training(["nope"])
+    with pytest.raises(ValueError, match="lr must be positive"):
+        sg.set_training(None, lr=0)
+    sg.set_node_endpoint("b", "http://elsewhere", "pipeline")  # remote: nothing to train here
+    assert [id(p) for p in sg.trainable_parameters()] == []
+    sg.add_remote("r", "http://x", "p", inputs=["x"])
+    with pytest.raises(ValueError, match="node 'r' is remote: only local parameters"):
+        sg.set_training(["r"])
+
+
+@pytest.mark.parametrize("condition, expected", [
+    ("author", {"requires": (1, 2, 3, 4), "produces": 5, "always": False}),
+    ([1, "block2"], {"requires": (1, 2), "produces": None, "always": False}),
+    ({"requires": [2], "produces": 3}, {"requires": (2,), "produces": 3, "always": False}),
+    ({"always": True}, {"requires": (), "produces": None, "always": True}),
+])
+def test_check22_condition_and_training_keys_round_trip(tmp_path, condition, expected):
+    from worldgen.stage import Condition
+
+    sg, shared, _, _ = _training_stage()
+    shared.w.data.fill_(7.0)  # a weight that only the checkpoint knows
+    sg.role = "creator"
+    sg.set_execution_condition(condition)
+    sg.set_training(["a"], lr=1e-3, freeze_others=True)
+    config = sg.to_config()
+    json.dumps(config)
+    assert config["execution_condition"] == ([1, 2] if isinstance(condition, list) else condition)
+    assert config["trainable_nodes"] == ["a"] and config["lr"] == 1e-3 and config["freeze_others"] is True
+
+    registry = _lin_registry()
+    sg.save(tmp_path / "saved")
+    from_disk = StageGraph.load(tmp_path / "saved", registry=registry)
+    assert from_disk.get_node("a").get_graph("a").get_node("s").block.w.item() == 7.0
+    for loaded in (StageGraph.from_config(config, registry=registry), from_disk):
+        assert loaded.to_config() == config
+        assert loaded.execution_condition == Condition(**expected)
+        assert loaded.as_stage("author").condition == Condition(**expected)
+        assert loaded.trainable_nodes == ["a"] and loaded.lr == 1e-3 and loaded.freeze_others
+        params = list(loaded.trainable_parameters())
+        assert len(params) == 2 and all(p.requires_grad for p in params)  # shared + own_a, once each
+        own_b = loaded.get_node("b").get_graph("b").get_node("o").block
+        assert not own_b.w.requires_grad  # frozen again on load
+    # the stage's own condition is what the world sees; an explicit one still wins
+    assert sg.as_stage("author", condition=Condition(always=True)).condition.always
+
+
+def test_execution_condition_errors():
+    sg = StageGraph("s")
+    with pytest.raises(ValueError, match="unknown execution_condition preset 'nope'"):
+        sg.set_execution_condition("nope")
+    with pytest.raises(TypeError, match="must be data"):
+        sg.set_execution_condition(lambda state: True)
+    with pytest.raises(ValueError, match="block7"):
+        sg.set_execution_condition([7])
+    from worldgen.engine.serialization import ConfigError
+
+    with pytest.raises(ConfigError, match="trainable_nodes names unknown nodes"):
+        StageGraph.from_config({"stage_id": "s", "trainable_nodes": ["ghost"]})
+    with pytest.raises(ConfigError, match="unknown execution_condition preset"):
+        StageGraph.from_config({"stage_id": "s", "execution_condition": "ghost"})

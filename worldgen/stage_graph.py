@@ -40,12 +40,29 @@ unmapped; more blocks than ports is a validation error.
 
 ``__call__`` returns only the update of the output blocks (what the world merges), so the
 other blocks are untouched; ``run`` returns the whole new state.
+
+**Concurrency:** nodes with no path between them run at the same time (a thread pool;
+model calls release the GIL), so a stage of four independent 200 ms model calls takes
+about 200 ms (``bench/parallel_stage.py``). Results do not depend on the finishing order.
+
+**Remote** (world.md §3–4, levels.md §9): a pipeline node with an endpoint
+(`set_node_endpoint`, or `add_remote` for a node with no local pipeline) or the whole stage
+(`set_endpoint`) runs on a LangGraph server through `RemoteGraph`; see `worldgen.remote`
+for the wire format and for serving a saved stage or pipeline (``graphs/stage.py``).
+
+**Config keys** besides the structure: ``execution_condition`` (a preset name, a list of
+required blocks or ``{requires, produces, always}``), ``trainable_nodes``, ``lr``,
+``freeze_others``, and ``endpoint_url`` / ``assistant_id`` / ``api_key_env`` on the stage
+or on a node entry — never a key itself.
 """
 
 from __future__ import annotations
 
+import contextvars
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -60,7 +77,8 @@ from worldgen.engine.graph import Graph
 from worldgen.engine.pipeline import Pipeline
 from worldgen.engine.serialization import EdgeConfig, StrictConfig
 from worldgen.engine.validation import ValidationIssue, ValidationResult, reachable
-from worldgen.stage import Condition, Stage
+from worldgen.remote import RemoteNode, RemoteStage
+from worldgen.stage import CANON, Condition, Stage
 from worldgen.state import BLOCK_NUMBERS, BLOCK_TYPES, block_key
 
 __all__ = [
@@ -118,6 +136,12 @@ class _Node:
     inputs: dict[str, PortType]
     outputs: dict[str, PortType]
     optional_inputs: set[str] = field(default_factory=set)
+    remote: RemoteNode | None = None  # set: the node runs on another LangGraph server
+
+
+ConditionSpec = Condition | str | Sequence[int] | Mapping[str, Any]
+"""A preset name (a transition: ``"philosopher"``, ``"author"``, ``"world_update"`` …), a
+list of required blocks, a `Condition` or its dict (``{requires, produces, always}``)."""
 
 
 class StageGraph:
@@ -132,6 +156,13 @@ class StageGraph:
         self.output_blocks: tuple[int, ...] = ()
         self._mapping_input: list[_Mapping] | None = None
         self._mapping_output: list[_Mapping] | None = None
+        self.execution_condition: Condition | None = None
+        self._condition_spec: Any = None  # the form it was given in, written back to the config
+        self.trainable_nodes: list[str] | None = None  # None: every local node
+        self.lr: float | None = None
+        self.freeze_others: bool = False
+        self.remote: RemoteStage | None = None
+        self.max_concurrency: int | None = None  # threads for independent nodes; None: one per node
 
     def __repr__(self) -> str:
         return f"StageGraph({self.stage_id!r}, nodes={self.node_ids}, reads={self.input_blocks}, writes={self.output_blocks})"
@@ -169,11 +200,19 @@ class StageGraph:
         return list(self.output_blocks)
 
     # ----------------------------------------------------------- building
-    def add_pipeline(self, pipeline_or_graph: Pipeline | Graph, node_id: str | None = None) -> str:
+    def add_pipeline(
+        self,
+        pipeline_or_graph: Pipeline | Graph,
+        node_id: str | None = None,
+        *,
+        endpoint_url: str | None = None,
+        assistant_id: str | None = None,
+    ) -> str:
         """Add a pipeline (or a graph, wrapped as a one-graph pipeline keeping its run keys).
 
         Its ports are the pipeline's run keys. The id defaults to ``pipeline_id`` (or
-        ``graph_id``), else ``"pipeline_<n>"``; a duplicate id is an error."""
+        ``graph_id``), else ``"pipeline_<n>"``; a duplicate id is an error. With
+        `endpoint_url` the node runs remotely (see `set_node_endpoint`)."""
         if isinstance(pipeline_or_graph, Graph):
             graph = pipeline_or_graph
             pipeline = Pipeline(graph.graph_id)
@@ -196,7 +235,127 @@ class StageGraph:
                 optional.add(key)
         outputs = {_run_key(e): PortType(e.get("dtype", "any")) for e in pipeline.get_output_spec(include_dtype=True)}
         self._nodes[nid] = _Node("pipeline", pipeline, inputs, outputs, optional)
+        if endpoint_url is not None:
+            self.set_node_endpoint(nid, endpoint_url, assistant_id)
         return nid
+
+    def add_remote(
+        self,
+        node_id: str,
+        endpoint_url: str,
+        assistant_id: str,
+        inputs: Sequence[str | tuple[str, str | PortType]] | Mapping[str, str | PortType] = (),
+        outputs: Sequence[str | tuple[str, str | PortType]] | Mapping[str, str | PortType] = (),
+        *,
+        optional_inputs: Iterable[str] = (),
+        api_key_env: str | None = None,
+        sync_client: Any = None,
+    ) -> str:
+        """Add a node that exists only as a remote descriptor: a pipeline served elsewhere
+        (`worldgen.remote.serve_pipeline`) with these declared ports; no local weights."""
+        self._check_new_id(node_id)
+        ins, outs = _ports(inputs), _ports(outputs)
+        optional = set(optional_inputs)
+        if optional - set(ins):
+            raise ValueError(f"node {node_id!r}: optional inputs {sorted(optional - set(ins))} are not among its inputs {list(ins)}")
+        remote = RemoteNode(endpoint_url, assistant_id, sync_client=sync_client,
+                            **({"api_key_env": api_key_env} if api_key_env else {}))
+        self._nodes[node_id] = _Node("remote", None, ins, outs, optional, remote)
+        return node_id
+
+    def set_node_endpoint(
+        self,
+        node_id: str,
+        endpoint_url: str | None,
+        assistant_id: str | None = None,
+        *,
+        api_key_env: str | None = None,
+        sync_client: Any = None,
+    ) -> None:
+        """Run a pipeline node on a LangGraph server serving it (hybrid local/remote stages).
+
+        `assistant_id` defaults to the node id; ``None`` as the URL makes the node local again.
+        The local pipeline stays for its ports and config; its weights are not used."""
+        node = self._node(node_id)
+        if endpoint_url is None:
+            if node.kind == "remote":
+                raise ValueError(f"node {node_id!r} has no local pipeline to fall back on")
+            node.remote = None
+            return
+        node.remote = RemoteNode(endpoint_url, assistant_id or node_id, sync_client=sync_client,
+                                 **({"api_key_env": api_key_env} if api_key_env else {}))
+
+    def set_endpoint(
+        self,
+        endpoint_url: str | None,
+        assistant_id: str | None = None,
+        *,
+        api_key_env: str | None = None,
+        sync_client: Any = None,
+    ) -> None:
+        """Run the whole stage on a LangGraph server serving it (`worldgen.remote.serve_stage`):
+        the blocks it reads (and the action) go out, the blocks it writes come back.
+        `assistant_id` defaults to the stage id; ``None`` as the URL makes it local again."""
+        self.remote = None if endpoint_url is None else RemoteStage(
+            endpoint_url, assistant_id or self.stage_id, sync_client=sync_client,
+            **({"api_key_env": api_key_env} if api_key_env else {}))
+
+    def set_execution_condition(self, condition: ConditionSpec | None) -> Condition | None:
+        """When the stage runs (world.md §3), as data so it serializes: a preset name (the
+        transition whose canon condition to use), a list of required blocks, a `Condition`
+        or its dict. ``None`` means the role's canon condition. A ``(state) -> bool``
+        callable is refused: the world compiles conditions into its edges as data."""
+        self.execution_condition = _condition(condition, self.stage_id)
+        self._condition_spec = _condition_spec(condition)
+        return self.execution_condition
+
+    SetExecutionCondition = set_execution_condition
+
+    def set_training(
+        self, trainable_nodes: Iterable[str] | None = None, *, lr: float | None = None, freeze_others: bool = False
+    ) -> None:
+        """Which nodes train (``None``: every local one), their learning rate, and whether
+        the other nodes' parameters are frozen (``requires_grad=False``; a parameter shared
+        with a trainable node stays trainable)."""
+        nodes = None if trainable_nodes is None else list(trainable_nodes)
+        for nid in nodes or ():
+            if self._node(nid).kind == "remote":
+                raise ValueError(f"node {nid!r} is remote: only local parameters can be trained")
+        if lr is not None and not lr > 0:
+            raise ValueError(f"stage {self.stage_id!r}: lr must be positive, got {lr!r}")
+        self.trainable_nodes, self.lr, self.freeze_others = nodes, lr, bool(freeze_others)
+        if self.freeze_others:
+            keep = {id(p) for p in self.trainable_parameters()}
+            for nid in self._nodes:
+                if nid not in self._trainable_ids():
+                    for p in self._local_parameters(nid):
+                        if id(p) not in keep:
+                            p.requires_grad_(False)
+
+    def trainable_parameters(self) -> Iterable[Any]:
+        """Parameters of the trainable local nodes, each once (pipelines may share blocks);
+        remote nodes have none here."""
+        seen: set[int] = set()
+        for nid in self._trainable_ids():
+            for param in self._local_parameters(nid):
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    yield param
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """``[{"params": [...], "lr": lr}]`` for a torch optimizer (no ``lr`` key when unset)."""
+        group: dict[str, Any] = {"params": list(self.trainable_parameters())}
+        if self.lr is not None:
+            group["lr"] = self.lr
+        return [group]
+
+    def _trainable_ids(self) -> list[str]:
+        ids = self.node_ids if self.trainable_nodes is None else self.trainable_nodes
+        return [n for n in ids if self._nodes[n].kind == "pipeline" and self._nodes[n].remote is None]
+
+    def _local_parameters(self, nid: str) -> Iterable[Any]:
+        node = self._nodes[nid]
+        return node.impl.trainable_parameters() if node.kind == "pipeline" else ()
 
     def add_runnable(
         self,
@@ -272,9 +431,10 @@ class StageGraph:
     SetStateContract = set_state_contract
 
     def as_stage(self, role: str, *, condition: Condition | None = None, name: str | None = None) -> Stage:
-        """This graph as the `Stage` of transition `role`, reading and writing its contract."""
-        stage = Stage(role, self, reads=self.input_blocks, writes=self.output_blocks, condition=condition,
-                      name=name or self.stage_id)
+        """This graph as the `Stage` of transition `role`, reading and writing its contract,
+        run when `condition` (else its `execution_condition`, else the role's canon) holds."""
+        stage = Stage(role, self, reads=self.input_blocks, writes=self.output_blocks,
+                      condition=condition or self.execution_condition, name=name or self.stage_id)
         stage.stage_graph = self  # type: ignore[attr-defined]
         return stage
 
@@ -320,7 +480,7 @@ class StageGraph:
         `StageGraphValidationError` on errors."""
         errors: list[ValidationIssue] = []
         warnings: list[ValidationIssue] = []
-        if not self._nodes:
+        if not self._nodes and self.remote is None:
             errors.append(ValidationIssue(f"stage {self.stage_id!r} has no node"))
         _, cyclic = self.topological_order()
         if cyclic:
@@ -397,9 +557,16 @@ class StageGraph:
         callbacks: NodeCallback | Iterable[NodeCallback] | None = None,
         **pipeline_kwargs: Any,
     ) -> dict[str, Any]:
-        """Map blocks → inputs, run the nodes in topological order with a buffer keyed by
+        """Map blocks → inputs, run the nodes in dependency order with a buffer keyed by
         ``(node_id, port)``, and map outputs → blocks. `pipeline_kwargs` (``training``,
-        ``device``, ``num_loop_steps``…) go to every ``pipeline.run``."""
+        ``device``, ``num_loop_steps``…) go to every ``pipeline.run``.
+
+        Nodes with no path between them run concurrently (`_run_nodes`); the result does
+        not depend on which finishes first. A stage with an endpoint runs remotely."""
+        if self.remote is not None:
+            if state.get("action") is None and action is not None:
+                state = {**state, "action": action}
+            return self.remote.invoke(state, self.input_blocks, self.output_blocks, stage_id=self.stage_id)
         order, cyclic = self.topological_order()
         if cyclic:
             raise StageGraphValidationError(
@@ -413,20 +580,7 @@ class StageGraph:
             value = _block_to_port(state, m)
             if value is not None:
                 buffer[(m.node_id, m.port)] = value
-
-        for nid in order:
-            node = self._nodes[nid]
-            for e in self.in_edges(nid):
-                if (e.source_node, e.source_port) in buffer:
-                    buffer[(nid, e.target_port)] = buffer[(e.source_node, e.source_port)]
-            inputs = {p: buffer[(nid, p)] for p in node.inputs if (nid, p) in buffer}
-            for cb in cbs:
-                cb(nid, inputs, None)
-            outputs = self._run_node(nid, node, inputs, pipeline_kwargs)
-            for cb in cbs:
-                cb(nid, inputs, outputs)
-            for port, value in outputs.items():
-                buffer[(nid, port)] = value
+        self._run_nodes(order, buffer, cbs, pipeline_kwargs)
 
         update: dict[str, Any] = {}
         for m in self.resolved_mapping_output():
@@ -445,14 +599,19 @@ class StageGraph:
     # ------------------------------------------------------- serialization
     # world.md §3: a stage of pipelines serializes; runnables (code) and converters do not.
     def to_config(self) -> dict[str, Any]:
-        """``{schema_version, stage_id, role?, metadata, pipelines: {node_id: {pipeline_config}},
-        edges, state_contract}``; raises `ConfigError` naming a runnable node or a mapping
-        entry with a converter. `role` is the ``role`` attribute, when set."""
+        """``{schema_version, stage_id, role?, metadata, pipelines: {node_id: {pipeline_config,
+        endpoint_url?, assistant_id?}}, edges, state_contract, execution_condition?,
+        trainable_nodes?, lr?, freeze_others?, endpoint_url?, assistant_id?}``; raises
+        `ConfigError` naming a runnable node or a mapping entry with a converter. `role` is
+        the ``role`` attribute, when set."""
         from worldgen.engine.serialization import check_block_ids
 
         self._check_serializable()
         check_block_ids(self._labelled_graphs())
-        return self._config_dict({nid: {"pipeline_config": self._nodes[nid].impl.to_config()} for nid in self._nodes})
+        return self._config_dict({
+            nid: {"pipeline_config": node.impl.to_config()} if node.kind == "pipeline" else {}
+            for nid, node in self._nodes.items()
+        })
 
     @classmethod
     def from_config(
@@ -483,6 +642,11 @@ class StageGraph:
             stage.role = parsed.role  # type: ignore[attr-defined]
         shared: dict[str, Any] = {}
         for nid, entry in parsed.pipelines.items():
+            if entry.pipeline_config is None and entry.ref is None:  # a remote-only node
+                stage.add_remote(nid, entry.endpoint_url, entry.assistant_id or nid, entry.inputs or {},  # type: ignore[arg-type]
+                                 entry.outputs or {}, optional_inputs=entry.optional_inputs,
+                                 api_key_env=entry.api_key_env)
+                continue
             source = base / entry.ref if entry.ref is not None else (entry.pipeline_config or {})
             try:
                 pipeline = pipeline_from_config(
@@ -492,6 +656,8 @@ class StageGraph:
             except ConfigError as exc:
                 raise ConfigError(f"{where}: pipelines.{nid}: {exc}") from None
             stage.add_pipeline(pipeline, nid)
+            if entry.endpoint_url is not None:
+                stage.set_node_endpoint(nid, entry.endpoint_url, entry.assistant_id, api_key_env=entry.api_key_env)
         for i, edge in enumerate(parsed.edges):
             try:
                 stage.add_edge(edge.source_node, edge.source_port, edge.target_node, edge.target_port)
@@ -502,6 +668,17 @@ class StageGraph:
         stage.set_state_contract(
             contract.input_blocks, contract.output_blocks, contract.mapping_input, contract.mapping_output
         )
+        try:
+            stage.set_execution_condition(parsed.execution_condition)
+            unknown = [n for n in parsed.trainable_nodes or () if n not in stage.node_ids]
+            if unknown:
+                raise ValueError(f"trainable_nodes names unknown nodes {unknown} (nodes: {stage.node_ids})")
+            if parsed.trainable_nodes is not None or parsed.lr is not None or parsed.freeze_others:
+                stage.set_training(parsed.trainable_nodes, lr=parsed.lr, freeze_others=parsed.freeze_others)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if parsed.endpoint_url is not None:
+            stage.set_endpoint(parsed.endpoint_url, parsed.assistant_id, api_key_env=parsed.api_key_env)
         if validate:
             stage.validate(strict=True)
         return stage
@@ -526,13 +703,15 @@ class StageGraph:
 
         self._check_serializable()
         root = Path(directory)
-        refs = save_pipelines({nid: self._nodes[nid].impl for nid in self._nodes}, root)
+        local = {nid: node.impl for nid, node in self._nodes.items() if node.kind == "pipeline"}
+        refs = save_pipelines(local, root)
         meta = {
             "schema_version": SCHEMA_VERSION, "stage_id": self.stage_id, "role": getattr(self, "role", None),
             "node_ids": self.node_ids, "node_dirs": refs,
         }
         (root / STAGE_META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        return write_config_file(self._config_dict({nid: {"ref": ref} for nid, ref in refs.items()}), root / CONFIG_FILES[0])
+        entries = {nid: {"ref": refs[nid]} if nid in refs else {} for nid in self._nodes}
+        return write_config_file(self._config_dict(entries), root / CONFIG_FILES[0])
 
     @classmethod
     def load(
@@ -545,7 +724,7 @@ class StageGraph:
         from worldgen.engine.serialization import ConfigError
 
         for nid, node in self._nodes.items():
-            if node.kind != "pipeline":
+            if node.kind == "runnable":
                 raise ConfigError(
                     f"stage {self.stage_id!r}: node {nid!r} is a runnable ({type(node.impl).__name__}); "
                     "runnables hold code and cannot be serialized, only pipeline nodes can"
@@ -560,7 +739,8 @@ class StageGraph:
 
     def _labelled_graphs(self) -> list[tuple[str, Graph]]:
         return [
-            (f"{nid}/{pid}", node.impl.get_graph(pid)) for nid, node in self._nodes.items() for pid in node.impl.graph_ids
+            (f"{nid}/{pid}", node.impl.get_graph(pid))
+            for nid, node in self._nodes.items() if node.kind == "pipeline" for pid in node.impl.graph_ids
         ]
 
     def _config_dict(self, pipelines: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -574,17 +754,119 @@ class StageGraph:
         if role is not None:
             config["role"] = role
         config["metadata"] = _jsonable(self.metadata, f"stage {self.stage_id!r} metadata")
-        config["pipelines"] = pipelines
+        nodes: dict[str, dict[str, Any]] = {}
+        for nid, entry in pipelines.items():
+            node = self._nodes[nid]
+            entry = dict(entry)
+            if node.remote is not None:  # the descriptor: URL, assistant id, key env name, never a key
+                entry.update(node.remote.to_config())
+            if node.kind == "remote":
+                entry["inputs"] = {p: t.value for p, t in node.inputs.items()}
+                entry["outputs"] = {p: t.value for p, t in node.outputs.items()}
+                if node.optional_inputs:
+                    entry["optional_inputs"] = sorted(node.optional_inputs)
+            nodes[nid] = entry
+        config["pipelines"] = nodes
         config["edges"] = [asdict(e) for e in self._edges]
         contract: dict[str, Any] = {"input_blocks": list(self.input_blocks), "output_blocks": list(self.output_blocks)}
         for key, entries in (("mapping_input", self._mapping_input), ("mapping_output", self._mapping_output)):
             if entries is not None:
                 contract[key] = mapping(entries)
         config["state_contract"] = contract
+        if self._condition_spec is not None:
+            config["execution_condition"] = self._condition_spec
+        if self.trainable_nodes is not None:
+            config["trainable_nodes"] = list(self.trainable_nodes)
+        if self.lr is not None:
+            config["lr"] = self.lr
+        if self.freeze_others:
+            config["freeze_others"] = True
+        if self.remote is not None:
+            config.update(self.remote.to_config())
         return config
 
     # ------------------------------------------------------------ private
+    def _run_nodes(
+        self, order: list[str], buffer: dict[tuple[str, str], Any], cbs: list[NodeCallback], kwargs: dict[str, Any]
+    ) -> None:
+        """Run each node once its predecessors are done. Several ready nodes run at once in
+        a thread pool: model calls (torch kernels, HTTP to a remote node or an API) release
+        the GIL, so independent pipelines overlap. A lone ready node runs in this thread.
+
+        Not a LangGraph `StateGraph`: the buffer carries tensors and images, which must stay
+        out of LangGraph channels (inside a world run they would join its checkpoints and
+        streams); the world's own graph is where LangGraph takes over. Callbacks fire from
+        this thread: "before" when a node starts, "after" as it finishes (ties in
+        topological order). Each worker runs in a copy of this context (run options, the
+        LangGraph runtime) with this thread's grad mode."""
+        rank = {n: i for i, n in enumerate(order)}
+        waiting = {n: {e.source_node for e in self.in_edges(n)} for n in order}
+        ready = [n for n in order if not waiting[n]]
+        running: dict[Future[dict[str, Any]], str] = {}
+        pool: ThreadPoolExecutor | None = None
+        grad = _grad_enabled()
+
+        def start(nid: str) -> tuple[_Node, dict[str, Any]]:
+            node = self._nodes[nid]
+            for e in self.in_edges(nid):
+                if (e.source_node, e.source_port) in buffer:
+                    buffer[(nid, e.target_port)] = buffer[(e.source_node, e.source_port)]
+            inputs = {p: buffer[(nid, p)] for p in node.inputs if (nid, p) in buffer}
+            for cb in cbs:
+                cb(nid, inputs, None)
+            return node, inputs
+
+        def finish(nid: str, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+            for cb in cbs:
+                cb(nid, inputs, outputs)
+            for port, value in outputs.items():
+                buffer[(nid, port)] = value
+            for e in self.out_edges(nid):
+                pending = waiting[e.target_node]
+                if nid in pending:
+                    pending.discard(nid)
+                    if not pending:
+                        ready.append(e.target_node)
+
+        started_inputs: dict[str, dict[str, Any]] = {}
+        try:
+            while ready or running:
+                ready.sort(key=rank.__getitem__)
+                if len(ready) == 1 and not running:  # a chain: no thread needed
+                    nid = ready.pop()
+                    node, inputs = start(nid)
+                    finish(nid, inputs, self._run_node(nid, node, inputs, kwargs))
+                    continue
+                while ready:
+                    nid = ready.pop(0)
+                    node, inputs = start(nid)
+                    started_inputs[nid] = inputs
+                    if pool is None:
+                        pool = ThreadPoolExecutor(self.max_concurrency or max(2, len(order)),
+                                                  thread_name_prefix=f"stage-{self.stage_id}")
+                    ctx = contextvars.copy_context()
+                    running[pool.submit(ctx.run, self._run_node_in_worker, nid, node, inputs, kwargs, grad)] = nid
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in sorted(done, key=lambda f: rank[running[f]]):
+                    nid = running.pop(future)
+                    finish(nid, started_inputs.pop(nid), future.result())
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run_node_in_worker(
+        self, nid: str, node: _Node, inputs: dict[str, Any], kwargs: dict[str, Any], grad: bool | None
+    ) -> dict[str, Any]:
+        if grad is None:
+            return self._run_node(nid, node, inputs, kwargs)
+        import torch
+
+        with torch.set_grad_enabled(grad):  # grad mode is per thread
+            return self._run_node(nid, node, inputs, kwargs)
+
     def _run_node(self, nid: str, node: _Node, inputs: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        if node.remote is not None:
+            return node.remote.invoke(inputs, node.inputs, node.outputs, node_id=nid)
         if node.kind == "pipeline":
             return dict(node.impl.run(inputs, **kwargs))
         out = node.impl.invoke(inputs) if isinstance(node.impl, Runnable) else node.impl(inputs)
@@ -752,6 +1034,40 @@ def _block_number(block: int | str) -> int:
     raise ValueError(f"{block!r} is not a block (a number or 'blockN')")
 
 
+def _grad_enabled() -> bool | None:
+    torch = sys.modules.get("torch")
+    return None if torch is None else torch.is_grad_enabled()
+
+
+def _condition(spec: Any, stage_id: str) -> Condition | None:
+    if spec is None or isinstance(spec, Condition):
+        return spec
+    if isinstance(spec, str):
+        if spec not in CANON:
+            raise ValueError(f"stage {stage_id!r}: unknown execution_condition preset {spec!r}; "
+                             f"presets: {', '.join(CANON)}")
+        return CANON[spec].condition
+    if isinstance(spec, Mapping):
+        return Condition.model_validate(dict(spec))
+    if callable(spec):
+        raise TypeError(f"stage {stage_id!r}: execution_condition must be data (a preset name, a list of "
+                        "blocks or a Condition), not a callable: the world compiles it into its edges")
+    if isinstance(spec, Iterable):
+        return Condition(requires=tuple(_block_number(b) for b in spec))
+    raise TypeError(f"stage {stage_id!r}: execution_condition {spec!r} is not a preset, a list of blocks or a Condition")
+
+
+def _condition_spec(spec: Any) -> Any:
+    """The config form of a condition: as given (a preset name, a list of blocks, a dict)."""
+    if spec is None or isinstance(spec, str):
+        return spec
+    if isinstance(spec, Condition):
+        return spec.model_dump(exclude_defaults=True, mode="json")
+    if isinstance(spec, Mapping):
+        return Condition.model_validate(dict(spec)).model_dump(exclude_defaults=True, mode="json")
+    return [_block_number(b) for b in spec]
+
+
 def _mapping(entry: Sequence[Any]) -> _Mapping:
     if len(entry) not in (3, 4):
         raise ValueError(f"a mapping entry is (block_or_field, node_id, port[, converter]), got {entry!r}")
@@ -839,21 +1155,39 @@ def stage_from_template(name: str, **params: Any) -> Stage:
 STAGE_META_FILE = "stage_meta.json"
 
 
+_REMOTE_KEYS = {"endpoint_url", "assistant_id", "api_key_env"}
+
+
 class _StagePipelineConfig(StrictConfig):
+    """A pipeline node: nested or ``ref``; with ``endpoint_url`` it runs remotely. A node with
+    an endpoint and no pipeline is remote-only and declares its ``inputs``/``outputs``."""
+
     pipeline_config: dict[str, Any] | None = None
     ref: str | None = Field(None, min_length=1)
+    endpoint_url: str | None = Field(None, min_length=1)
+    assistant_id: str | None = Field(None, min_length=1)
+    api_key_env: str | None = Field(None, min_length=1)
+    inputs: dict[str, str] | None = None
+    outputs: dict[str, str] | None = None
+    optional_inputs: list[str] = []
 
     @model_validator(mode="before")
     @classmethod
     def _bare(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and not ({"pipeline_config", "ref"} & set(data)):
+        if isinstance(data, Mapping) and not ({"pipeline_config", "ref", "inputs", "outputs", "optional_inputs"} | _REMOTE_KEYS) & set(data):
             return {"pipeline_config": dict(data)}
         return data
 
     @model_validator(mode="after")
     def _one_form(self) -> _StagePipelineConfig:
-        if (self.pipeline_config is None) == (self.ref is None):
+        if self.pipeline_config is not None and self.ref is not None:
             raise ValueError("a stage pipeline needs exactly one of 'pipeline_config' or 'ref'")
+        if self.pipeline_config is None and self.ref is None:
+            if self.endpoint_url is None:
+                raise ValueError("a stage pipeline needs exactly one of 'pipeline_config' or 'ref' "
+                                 "(or 'endpoint_url' with 'inputs'/'outputs' for a remote-only node)")
+        elif self.inputs is not None or self.outputs is not None:
+            raise ValueError("'inputs'/'outputs' are for remote-only nodes; a pipeline node takes its pipeline's ports")
         return self
 
 
@@ -872,3 +1206,10 @@ class _StageConfig(StrictConfig):
     pipelines: dict[str, _StagePipelineConfig] = {}
     edges: list[EdgeConfig] = []
     state_contract: _StateContractConfig = _StateContractConfig()
+    execution_condition: str | list[int | str] | dict[str, Any] | None = None
+    trainable_nodes: list[str] | None = None
+    lr: float | None = None
+    freeze_others: bool = False
+    endpoint_url: str | None = Field(None, min_length=1)
+    assistant_id: str | None = Field(None, min_length=1)
+    api_key_env: str | None = Field(None, min_length=1)

@@ -5,6 +5,11 @@ a node of a private `Graph` as a `GraphBlock`, whose ports are the graph's expos
 and outputs. This module only adds what a pipeline means on top: graphs instead of
 blocks, errors that speak of graphs, and no cycles between graphs (loops live inside
 graphs). A pipeline is a LangChain `Runnable` (``invoke``) and, through `as_tool`, a tool.
+
+A graph node may run remotely (`set_endpoint`, levels.md §9): it then holds a remote
+descriptor beside its graph (kept for its ports and config) and calls a LangGraph server
+serving that graph (`worldgen.remote.serve_pipeline`); the descriptor is saved in the
+config's ``metadata.endpoints`` (URL and assistant id, never a key).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pydantic import BaseModel
 
 from worldgen.blocks.ports import PortDirection
 from worldgen.blocks.registry import BlockRegistry
+from worldgen.engine.context import enter_call_context, exit_call_context
 from worldgen.engine.executor import Callback
 from worldgen.engine.graph import Graph
 from worldgen.engine.graph_block import GraphBlock, graph_run_options
@@ -50,6 +56,26 @@ class Pipeline(Runnable[dict[str, Any], dict[str, Any]]):
         self._graph = Graph(pipeline_id, graph_kind="pipeline")
         self.pipeline_id = self.name = self._graph.graph_id  # name: the LangChain run name
         self._frozen: set[str] = set()
+        self._metadata: dict[str, Any] = {}
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Free-form, serialized with the config; ``endpoints`` holds the remote descriptors."""
+        return self._metadata
+
+    @metadata.setter
+    def metadata(self, value: Mapping[str, Any]) -> None:
+        self._metadata = dict(value)
+        endpoints = self._metadata.get("endpoints") or {}
+        if not isinstance(endpoints, Mapping):
+            raise TypeError(f"pipeline {self.pipeline_id!r}: metadata.endpoints must map graph ids to descriptors")
+        for pid in self.graph_ids:
+            self._graph_block(pid).remote = None
+        for pid, descriptor in endpoints.items():
+            if not isinstance(descriptor, Mapping) or not descriptor.get("endpoint_url"):
+                raise ValueError(f"pipeline {self.pipeline_id!r}: metadata.endpoints.{pid} needs an endpoint_url")
+            self.set_endpoint(pid, descriptor["endpoint_url"], descriptor.get("assistant_id"),
+                              api_key_env=descriptor.get("api_key_env"))
 
     def __repr__(self) -> str:
         return f"Pipeline({self.pipeline_id!r}, graphs={self.graph_ids})"
@@ -92,8 +118,39 @@ class Pipeline(Runnable[dict[str, Any], dict[str, Any]]):
         pid = pipeline_node_id or graph.graph_id
         if pid in self._graph:
             raise ValueError(f"pipeline {self.pipeline_id!r} already has a graph {pid!r}")
-        self._graph.add_node(pid, GraphBlock(graph, pid), auto_connect=False)
+        self._graph.add_node(pid, _GraphNode(graph, pid), auto_connect=False)
         return pid
+
+    def set_endpoint(
+        self,
+        pipeline_node_id: str,
+        endpoint_url: str | None,
+        assistant_id: str | None = None,
+        *,
+        api_key_env: str | None = None,
+        sync_client: Any = None,
+    ) -> None:
+        """Run one graph on a LangGraph server serving it (assistant id: default the graph's
+        node id); ``None`` makes it local again. Its ports stay those of the local graph."""
+        from worldgen.remote import RemoteNode
+
+        block = self._graph_block(pipeline_node_id)
+        endpoints = dict(self._metadata.get("endpoints") or {})
+        if endpoint_url is None:
+            block.remote = None
+            endpoints.pop(pipeline_node_id, None)
+        else:
+            block.remote = RemoteNode(endpoint_url, assistant_id or pipeline_node_id, sync_client=sync_client,
+                                      **({"api_key_env": api_key_env} if api_key_env else {}))
+            endpoints[pipeline_node_id] = block.remote.to_config()
+        if endpoints:
+            self._metadata["endpoints"] = endpoints
+        else:
+            self._metadata.pop("endpoints", None)
+
+    def get_endpoint(self, pipeline_node_id: str) -> Any:
+        """The node's remote descriptor (`worldgen.remote.RemoteNode`), or None when local."""
+        return self._graph_block(pipeline_node_id).remote
 
     def add_edge(
         self,
@@ -178,8 +235,12 @@ class Pipeline(Runnable[dict[str, Any], dict[str, Any]]):
         errors = self._cycle_errors()
         if errors:
             raise PipelineValidationError(self.pipeline_id, ValidationResult(errors))
-        with graph_run_options(**graph_run_kwargs):
-            return self._graph.run(inputs, training=training, device=device, callbacks=callbacks, dry_run=dry_run)
+        token = enter_call_context(pipeline_id=self.pipeline_id)
+        try:
+            with graph_run_options(**graph_run_kwargs):
+                return self._graph.run(inputs, training=training, device=device, callbacks=callbacks, dry_run=dry_run)
+        finally:
+            exit_call_context(token)
 
     def invoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
         """`run` under LangChain callbacks; `kwargs` go to `run`."""
@@ -248,11 +309,24 @@ class Pipeline(Runnable[dict[str, Any], dict[str, Any]]):
     def is_trainable(self, pipeline_node_id: str) -> bool:
         return pipeline_node_id not in self._frozen
 
+    @property
+    def trainable_nodes(self) -> list[str]:
+        """Ids of the graphs whose parameters `trainable_parameters` lists."""
+        return [pid for pid in self.graph_ids if pid not in self._frozen]
+
+    def freeze_others(self, *pipeline_node_ids: str) -> None:
+        """Train only the named graphs: every other graph is set not trainable."""
+        for pid in pipeline_node_ids:
+            self._graph_block(pid)
+        for pid in self.graph_ids:
+            self.set_trainable(pid, pid in pipeline_node_ids)
+
     def trainable_parameters(self) -> Iterator[Any]:
-        """Parameters of the trainable graphs, each once (graphs may share blocks)."""
+        """Parameters of the trainable local graphs, each once (graphs may share blocks);
+        a remote graph trains where it is served, not here."""
         seen: set[int] = set()
         for pid in self.graph_ids:
-            if pid in self._frozen:
+            if pid in self._frozen or self._graph_block(pid).remote is not None:
                 continue
             for param in self.get_graph(pid).trainable_parameters():
                 if id(param) not in seen:
@@ -271,11 +345,11 @@ class Pipeline(Runnable[dict[str, Any], dict[str, Any]]):
         return self
 
     # ------------------------------------------------------------- private
-    def _graph_block(self, pid: str) -> GraphBlock:
+    def _graph_block(self, pid: str) -> _GraphNode:
         if pid not in self._graph:
             raise KeyError(self._unknown_graph(pid))
         block = self._graph.get_node(pid).block
-        assert isinstance(block, GraphBlock)
+        assert isinstance(block, _GraphNode)
         return block
 
     def _check_port(self, pid: str, port_name: str, direction: PortDirection) -> None:
@@ -302,6 +376,24 @@ class Pipeline(Runnable[dict[str, Any], dict[str, Any]]):
             for step in self._graph.plan().steps
             if step.kind == "cycle"
         ]
+
+
+class _GraphNode(GraphBlock):
+    """A pipeline's graph node: runs its graph here or, with a remote descriptor, on the
+    LangGraph server serving it (port values in the wire format of their types)."""
+
+    block_type = "graph"
+
+    def __init__(self, graph: Graph, block_id: str | None = None) -> None:
+        super().__init__(graph, block_id)
+        self.remote: Any = None  # worldgen.remote.RemoteNode
+
+    def forward(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        if self.remote is None:
+            return super().forward(inputs)
+        ins = {p.name: p.dtype for p in self.get_input_ports()}
+        outs = {p.name: p.dtype for p in self.get_output_ports()}
+        return self.remote.invoke(dict(inputs), ins, outs, node_id=self.block_id)
 
 
 def _pipeline_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
