@@ -228,9 +228,10 @@ def test_image_blocks_are_dropped_and_profile_says_no_images(tiny: ChatTransform
     assert model_accepts_images(tiny) is False
 
 
-def test_bind_tools_is_refused_clearly(tiny: ChatTransformers) -> None:
-    with pytest.raises(NotImplementedError, match="tool calling"):
-        tiny.bind_tools([])
+def test_bind_tools_binds_for_constrained_decoding(tiny: ChatTransformers) -> None:
+    """Tool calling is constrained decoding; tests/test_local_models.py runs it on a model."""
+    assert tiny.bind_tools([], tool_choice="auto").kwargs == {"tools": [], "tool_choice": "auto"}
+    assert tiny.profile is not None and tiny.profile["tool_calling"] is True
 
 
 def test_identity_and_serialisation_leave_out_the_weights(tiny: ChatTransformers) -> None:
@@ -308,3 +309,53 @@ def test_model_accepts_images_defaults_to_false() -> None:
 def test_prompt_longer_than_the_context_is_refused(tiny: ChatTransformers) -> None:
     with pytest.raises(ValueError, match="context"):
         tiny.invoke("beach " * 600)  # the tiny model has 512 positions
+
+
+# -- resolve_chat_model with an API endpoint (a real OpenAI-compatible server on loopback) ------
+
+
+@pytest.fixture
+def openai_stub():
+    from tests.openai_stub import OpenAIStub
+    from worldgen.blocks.api_clients import clear_clients
+
+    clear_clients()
+    with OpenAIStub() as stub:
+        yield stub
+    clear_clients()
+
+
+def test_resolve_openai_honours_base_url_and_shares_one_client(monkeypatch: pytest.MonkeyPatch, openai_stub) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_stub.base_url)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    chat = resolve_chat_model("openai:stub-model")
+    assert resolve_chat_model("openai:stub-model") is chat  # one client per model and endpoint
+    assert resolve_chat_model("openai:other-model") is not chat
+    openai_stub.script.append("hello over HTTP")
+    assert chat.invoke("hi").content == "hello over HTTP"
+    request = openai_stub.requests[-1]
+    assert request.path == "/v1/chat/completions" and request.body["model"] == "stub-model"
+    assert request.authorization == "Bearer not-needed"  # a self-hosted server needs no key
+    assert "not-needed" not in repr(chat) and "not-needed" not in json.dumps(chat.model_dump(), default=str)
+
+
+def test_resolve_openai_with_an_explicit_endpoint_and_key_variable(monkeypatch: pytest.MonkeyPatch, openai_stub) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # overridden below
+    monkeypatch.setenv("MY_LLM_KEY", "sk-mine-123456")
+    by_kwarg = resolve_chat_model("openai:stub-model", endpoint_url=openai_stub.base_url, api_key_env="MY_LLM_KEY")
+    by_spec = resolve_chat_model(f"openai:stub-model@{openai_stub.base_url}", api_key_env="MY_LLM_KEY")
+    assert by_kwarg is by_spec
+    assert by_kwarg.invoke("hi").content == "ok"
+    assert openai_stub.requests[-1].authorization == "Bearer sk-mine-123456"
+    assert "sk-mine-123456" not in repr(by_kwarg) + json.dumps(by_kwarg.model_dump(), default=str)
+    monkeypatch.delenv("MY_LLM_KEY")
+    with pytest.raises(ValueError, match="MY_LLM_KEY is not set"):  # a named variable must be set
+        resolve_chat_model("openai:stub-model", endpoint_url=openai_stub.base_url, api_key_env="MY_LLM_KEY")
+
+
+def test_resolve_accepts_an_llm_api_block(openai_stub) -> None:
+    from worldgen.blocks.api import LlmApi
+
+    block = LlmApi("chat", config={"provider": "vllm", "model_id": "stub-model", "endpoint_url": openai_stub.base_url})
+    assert resolve_chat_model(block) is block.chat_model
+    assert resolve_chat_model(block).invoke("hi").content == "ok"

@@ -7,20 +7,35 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
-ACCEPTED_SPECS = ("a BaseChatModel instance", '"local"', '"openai:<model>"')
+ACCEPTED_SPECS = (
+    "a BaseChatModel instance", "an llm/api block", '"local"', '"openai:<model>"', '"openai:<model>@<endpoint_url>"',
+)
 
-_PLACEHOLDER_API_KEY = "not-needed"
-"""Local OpenAI-compatible servers ignore the key, but the client insists on one."""
 
-
-def resolve_chat_model(spec: BaseChatModel | str) -> BaseChatModel:
+def resolve_chat_model(
+    spec: BaseChatModel | str | Any,
+    *,
+    endpoint_url: str | None = None,
+    api_key_env: str | None = None,
+    max_retries: int = 2,
+) -> BaseChatModel:
     """Build the chat model a spec names; an already-built model passes through.
 
-    ``"local"`` is the embedded SmolLM2 (loaded on first use); ``"openai:<model>"``
-    is ``ChatOpenAI``, which reads ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` itself.
+    ``"local"`` is the embedded SmolLM2 (loaded on first use). ``"openai:<model>"`` is a
+    ``ChatOpenAI`` on the process-wide API client for that model and endpoint (shared with
+    ``llm/api`` blocks, see `worldgen.blocks.api_clients`): the endpoint is `endpoint_url`, or
+    the one after ``@`` in the spec (``"openai:qwen@http://127.0.0.1:8000/v1"``), or
+    ``OPENAI_BASE_URL``, or OpenAI's; the key is read from `api_key_env` (default
+    ``OPENAI_API_KEY``, optional for a self-hosted endpoint) at each request, never stored.
+    An ``llm/api`` block gives its chat model.
     """
     if isinstance(spec, BaseChatModel):
         return spec
+    if getattr(spec, "backend", None) == "api":
+        from worldgen.blocks.api import LlmApi
+
+        if isinstance(spec, LlmApi):
+            return spec.chat_model
     if isinstance(spec, str):
         name = spec.strip()
         if name == "local":
@@ -28,8 +43,9 @@ def resolve_chat_model(spec: BaseChatModel | str) -> BaseChatModel:
 
             return load_local_chat_model()
         provider, _, model = name.partition(":")
-        if provider == "openai" and model:
-            return _openai(model)
+        model, _, url = model.partition("@")
+        if provider == "openai" and model.strip():
+            return _openai(model.strip(), endpoint_url or url.strip() or None, api_key_env, max_retries)
     raise ValueError(f"unknown chat model spec {spec!r}; accepted: {', '.join(ACCEPTED_SPECS)}")
 
 
@@ -51,18 +67,18 @@ def supports_prefill(model: Any) -> bool:
     return bool(getattr(model, "supports_prefill", False))
 
 
-def _openai(model: str) -> BaseChatModel:
-    from langchain_openai import ChatOpenAI
+def _openai(model: str, endpoint_url: str | None, api_key_env: str | None, max_retries: int) -> BaseChatModel:
+    from worldgen.blocks.api_clients import ApiConfigError, get_client
 
-    kwargs: dict[str, Any] = {"model": model}
-    if not os.environ.get("OPENAI_API_KEY") and os.environ.get("OPENAI_BASE_URL"):
-        kwargs["api_key"] = _PLACEHOLDER_API_KEY
     try:
-        return ChatOpenAI(**kwargs)
-    except Exception as exc:  # openai.OpenAIError: no credentials at all
-        if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
+        client = get_client(
+            "openai", model, endpoint_url=endpoint_url, api_key_env=api_key_env, max_retries=max_retries
+        )
+    except ApiConfigError as exc:
+        if endpoint_url or os.environ.get("OPENAI_BASE_URL") or api_key_env:
             raise
         raise ValueError(
             f"'openai:{model}' needs OPENAI_API_KEY, or OPENAI_BASE_URL pointing at an "
             "OpenAI-compatible server (then no key is needed)"
         ) from exc
+    return client.chat_model()
