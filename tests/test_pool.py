@@ -1,4 +1,5 @@
-"""The model pool: one ref + load options → one instance, opt-out copies, threads, budget."""
+"""The model pool: one ref + load options → one instance, opt-out copies, threads, budget
+(levels.md §5; §10 checks 23, 24, 26)."""
 
 from __future__ import annotations
 
@@ -264,3 +265,141 @@ def test_resolve_pool_from_langgraph_config(pool: ModelPool) -> None:
     assert resolve_pool() is pool is default_pool()  # outside a run: the default
     explicit = ModelPool()
     assert resolve_pool(explicit) is explicit  # even while empty (len 0)
+
+
+# ------------------------------------------------- levels.md §10 checks 23, 24, 26
+def _unet_node(model_id: Path, **extra: object) -> dict:
+    return {"block_type": "backbone/unet2d_condition", "config": {"model_id": str(model_id), **extra}}
+
+
+def _count_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every read of UNet weights from disk (the factory under the pool)."""
+    from diffusers import UNet2DConditionModel
+
+    calls: list[str] = []
+    real = UNet2DConditionModel.from_pretrained.__func__
+
+    def counting(cls, *args, **kwargs):
+        calls.append(str(args[0]))
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", classmethod(counting))
+    return calls
+
+
+def _no_duplicates(params) -> list[int]:
+    ids = [id(p) for p in params]
+    assert len(ids) == len(set(ids)), "a parameter is listed twice"
+    return ids
+
+
+def test_check23_two_nodes_on_one_ref_share_one_object_loaded_once(
+    tiny_sd: Path, pool: ModelPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worldgen.blocks import global_registry
+
+    calls = _count_loads(monkeypatch)
+    built: list[str] = []
+    factory = global_registry()._factories["backbone/unet2d_condition"]
+    monkeypatch.setitem(global_registry()._factories, "backbone/unet2d_condition",
+                        lambda *a, **k: (built.append("x"), factory(*a, **k))[1])
+    # one block_id "X" in two nodes: one block object, its factory called once
+    graph = Graph.from_config({"graph_id": "g", "nodes": {
+        "a": {**_unet_node(tiny_sd), "block_id": "X"}, "b": {**_unet_node(tiny_sd), "block_id": "X"}}})
+    a, b = graph.get_node("a").block, graph.get_node("b").block
+    assert a is b and built == ["x"] and len(calls) == 1
+    unique = {id(p) for p in a.module.parameters()}
+    assert set(_no_duplicates(graph.trainable_parameters())) == unique
+
+    # two blocks naming one checkpoint ref: the pool gives them one module, read once
+    other = Graph.from_config({"graph_id": "h", "nodes": {"c": _unet_node(tiny_sd), "d": _unet_node(tiny_sd)}})
+    c, d = other.get_node("c").block, other.get_node("d").block
+    assert c.module is d.module is a.module and len(calls) == 1
+    assert set(_no_duplicates(other.trainable_parameters())) == unique
+    assert pool.stats()["loads"] == 1
+
+
+def test_check24_two_graphs_of_a_pipeline_share_the_ref(
+    tiny_sd: Path, pool: ModelPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worldgen.engine.pipeline import Pipeline
+
+    calls = _count_loads(monkeypatch)
+    first, second = _t2i(tiny_sd, "first"), _t2i(tiny_sd, "second")
+    pipeline = Pipeline("p")
+    pipeline.add_graph(first, "first")
+    pipeline.add_graph(second, "second")
+    for node in ("backbone", "codec", "conditioner"):
+        assert first.get_node(node).block.module is second.get_node(node).block.module
+    assert len(calls) == 1
+    ids = _no_duplicates(pipeline.trainable_parameters())
+    assert set(ids) == {id(p) for p in first.trainable_parameters()}
+
+
+def test_check26_share_false_gives_distinct_objects_with_disjoint_params(
+    tiny_sd: Path, pool: ModelPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_loads(monkeypatch)
+    graph = Graph.from_config({"graph_id": "g", "nodes": {
+        "shared": _unet_node(tiny_sd), "own": _unet_node(tiny_sd, share=False)}})
+    shared, own = graph.get_node("shared").block, graph.get_node("own").block
+    assert shared.module is not own.module and len(calls) == 2
+    assert not {id(p) for p in shared.module.parameters()} & {id(p) for p in own.module.parameters()}
+    assert len(_no_duplicates(graph.trainable_parameters())) == 2 * len(list(shared.module.parameters()))
+    with torch.no_grad():  # training one copy leaves the other alone
+        next(own.module.parameters()).add_(1.0)
+    assert not torch.equal(next(own.module.parameters()), next(shared.module.parameters()))
+    assert pool.stats()["loads"] == 1 and pool.stats()["unshared_loads"] == 1
+
+
+# --------------------------------------------------------------------- model bytes
+def test_model_nbytes_counts_the_model_inside_a_bundle(pool: ModelPool) -> None:
+    from dataclasses import dataclass
+
+    model = torch.nn.Linear(8, 8)
+    one = model_nbytes(model)
+    assert one == (8 * 8 + 8) * 4
+
+    @dataclass
+    class Loaded:
+        model: torch.nn.Module
+        tokenizer: object
+
+    class FakePipeline:  # a diffusers pipeline exposes its modules as `components`
+        @property
+        def components(self) -> dict[str, object]:
+            return {"unet": model, "tokenizer": object(), "scheduler": None}
+
+    for bundle in [(model, object()), {"model": model, "tokenizer": "tok"}, Loaded(model, object()),
+                   [model, model], FakePipeline()]:
+        assert model_nbytes(bundle) == one, bundle  # shared tensors once, tokenizers 0
+    assert model_nbytes("a tokenizer") == model_nbytes(None) == model_nbytes(object()) == 0
+
+    # so the budget sees an LLM entry (model, tokenizer) and evicts it
+    pool.set_budget(one)
+    pool.get("llm", lambda: (torch.nn.Linear(8, 8), object()))
+    assert pool.stats()["bytes"] == one
+    pool.get("other", lambda: {"model": torch.nn.Linear(8, 8), "tokenizer": None})
+    assert "llm" not in pool and pool.stats()["evictions"] == 1
+
+
+def test_using_pool_sets_the_pool_for_blocks_and_threads(tiny_sd: Path, pool: ModelPool) -> None:
+    from worldgen.blocks.diffusion import UNet2DConditionBackbone
+    from worldgen.local_models.pool import using_pool
+
+    private = ModelPool()
+    with using_pool(private):
+        assert resolve_pool() is private
+        assert asyncio.run(asyncio.to_thread(resolve_pool)) is private  # follows worker threads
+        UNet2DConditionBackbone(config={"model_id": str(tiny_sd)})  # blocks take no pool argument
+    assert resolve_pool() is pool
+    assert private.stats()["loads"] == 1 and pool.stats()["loads"] == 0
+
+
+def test_a_missing_ref_names_the_ref_and_the_graph_node_that_asked() -> None:
+    import worldgen.blocks.diffusion  # noqa: F401  registers the UNet block
+    from worldgen.engine import Graph
+    from worldgen.local_models.pool import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match=r"'/nonexistent/sd'.*node 'unet' of graph 'g'"):
+        Graph("g").add_node("unet", "backbone/unet2d_condition", config={"model_id": "/nonexistent/sd"})

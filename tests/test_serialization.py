@@ -328,6 +328,11 @@ def test_template_config_round_trips(tiny_sd: Path) -> None:
 
 
 def test_text_to_image_save_load_same_image(tiny_sd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worldgen.local_models import pool as pool_module
+    from worldgen.local_models.pool import ModelPool
+
+    # a private pool: the weights changed below are pooled, and must not leak into other tests
+    monkeypatch.setattr(pool_module, "_DEFAULT", ModelPool())
     graph = _text_to_image(tiny_sd)
     original = _image(graph)
     with torch.no_grad():  # trained weights: the loaded graph must not re-read the tiny_sd's
@@ -347,3 +352,77 @@ def test_text_to_image_save_load_same_image(tiny_sd: Path, tmp_path: Path, monke
     loaded = Graph.load(tmp_path)
     assert loaded.get_node("conditioner").block is loaded.get_node("negative_conditioner").block
     assert torch.equal(_image(loaded), modified)
+
+
+# ---------------------------------------------- check 25: a shared checkpoint ref, saved once
+def _module_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """ids of the modules `load_state_dict` fills, one entry per call."""
+    calls: list[int] = []
+    real = TorchBlock.load_local_state_dict
+
+    def counting(self: TorchBlock, state: dict[str, Any]) -> None:
+        calls.append(id(self.module))
+        real(self, state)
+
+    monkeypatch.setattr(TorchBlock, "load_local_state_dict", counting)
+    return calls
+
+
+def _unet_keyed_files(root: Path) -> list[str]:
+    from safetensors import safe_open
+
+    found = []
+    for path in sorted(root.rglob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as file:
+            if any(k.startswith("conv_in.") for k in file.keys()):  # a UNet state
+                found.append(path.relative_to(root).as_posix())
+    return found
+
+
+def test_check25_shared_ref_is_written_once_and_loaded_once(
+    tiny_sd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worldgen.engine.pipeline import Pipeline
+    from worldgen.local_models import pool as pool_module
+    from worldgen.local_models.pool import ModelPool
+
+    monkeypatch.setattr(pool_module, "_DEFAULT", ModelPool())
+    # one graph, two distinct blocks on one ref (one pooled module)
+    graph = Graph.from_config({"graph_id": "g", "nodes": {
+        name: {"block_type": "backbone/unet2d_condition", "config": {"model_id": str(tiny_sd)}} for name in ("a", "b")}})
+    a, b = graph.get_node("a").block, graph.get_node("b").block
+    assert a is not b and a.module is b.module
+    with torch.no_grad():
+        next(a.module.parameters()).fill_(0.5)  # "trained": must survive the round trip
+    graph.save(tmp_path / "graph")
+    assert _unet_keyed_files(tmp_path / "graph") == ["weights/a.safetensors"]
+    nodes = yaml.safe_load((tmp_path / "graph" / "config.yaml").read_text())["nodes"]
+    assert nodes["a"]["weights"] == nodes["b"]["weights"] == "weights/a.safetensors"
+
+    # two graphs of a pipeline on that ref: its weights once, in shared/
+    first = _text_to_image(tiny_sd)
+    second = Graph.from_template("text_to_image", checkpoint=tiny_sd, num_inference_steps=4, height=32,
+                                 width=32, graph_id="second")
+    assert first.get_node("backbone").block.module is second.get_node("backbone").block.module
+    pipeline = Pipeline("p")
+    pipeline.add_graph(first, "first")
+    pipeline.add_graph(second, "second")
+    pipeline.save(tmp_path / "pipeline")
+    (unet_file,) = _unet_keyed_files(tmp_path / "pipeline")
+    assert unet_file.startswith("shared/")
+
+    # loading (in a fresh pool, so new modules): each shared module filled once, still shared
+    monkeypatch.setattr(pool_module, "_DEFAULT", ModelPool())
+    loads = _module_loads(monkeypatch)
+    loaded = Graph.load(tmp_path / "graph")
+    la, lb = loaded.get_node("a").block, loaded.get_node("b").block
+    assert la.module is lb.module is not a.module
+    assert loads == [id(la.module)]
+    assert torch.equal(next(la.module.parameters()), next(a.module.parameters()))
+
+    loads.clear()
+    again = Pipeline.load(tmp_path / "pipeline")
+    unets = {id(again.get_graph(pid).get_node("backbone").block.module) for pid in ("first", "second")}
+    assert len(unets) == 1 and loads.count(unets.pop()) == 1
+    assert len(loads) == len(set(loads))  # every module (unet, vae, text encoder) filled once
+    assert torch.equal(_image(again.get_graph("second")), _image(second))  # the trained weights came back

@@ -4,8 +4,10 @@ A config describes structure only: blocks by registered type and config, the exp
 edges (auto edges are recomputed from the role nodes), exposures and metadata. Blocks are
 rebuilt through the registry, so a config never holds code. A *saved* graph adds each
 block's `state_dict()` in ``weights/``, written once per block object, so a block shared by
-two nodes is one file and one object again after loading. Weights load from safetensors
-(or JSON for non-tensor state) only: nothing here ever unpickles.
+two nodes is one file and one object again after loading. Distinct blocks whose whole state
+is one module shared through the model pool (two nodes on one checkpoint ref) are written
+once too, and that file is loaded once (into the module they share again after loading).
+Weights load from safetensors (or JSON for non-tensor state) only: nothing here unpickles.
 
 Layout of `save_graph(graph, d)`::
 
@@ -35,6 +37,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 from worldgen.blocks.base import Block
 from worldgen.blocks.registry import BlockRegistry, global_registry
 from worldgen.engine.auto_connect import AmbiguityPolicy
+from worldgen.local_models.pool import requesting
 
 if TYPE_CHECKING:
     from worldgen.engine.graph import Graph
@@ -74,6 +77,7 @@ __all__ = [
     "read_versioned_config",
     "save_pipeline",
     "save_pipelines",
+    "weights_owner",
 ]
 
 SCHEMA_VERSION = "1.0"
@@ -81,7 +85,9 @@ SUPPORTED_SCHEMA_VERSIONS: tuple[str, ...] = (SCHEMA_VERSION,)
 #: What `load_graph` looks for in a saved directory, in order (`save_graph` writes the first).
 CONFIG_FILES: tuple[str, ...] = ("config.yaml", "config.yml", "config.json")
 #: Packages whose import registers block types; imported when a config names an unknown type.
-PLUGIN_PACKAGES: tuple[str, ...] = ("worldgen.blocks.diffusion",)
+#: Third-party packages add theirs with an entry point in the ``worldgen.blocks`` group.
+PLUGIN_PACKAGES: tuple[str, ...] = ("worldgen.blocks.diffusion", "worldgen.blocks.api", "worldgen.agents.agent")
+PLUGIN_ENTRY_POINTS = "worldgen.blocks"
 
 _WEIGHTS_DIR = "weights"
 _STATE_KEY = "worldgen.state"  # safetensors metadata entry holding the non-tensor state (JSON)
@@ -214,14 +220,15 @@ def save_graph(graph: Graph, directory: str | PathLike[str]) -> Path:
     """Write ``config.yaml`` and each stateful block's weights once; returns the config path."""
     root = Path(directory)
     config = _graph_config(graph)
-    written: dict[int, str | None] = {}  # id(block) → its weights file, relative to root
+    written: dict[tuple[str, int], Path | None] = {}  # weights owner → its weights file
     taken: set[str] = set()
     for node_id in graph.node_ids:
         block = graph.get_node(node_id).block
-        if id(block) not in written:
+        owner = weights_owner(block)
+        if owner not in written:
             stem = _file_stem(node_id, taken)
-            written[id(block)] = save_block_state(block, root / _WEIGHTS_DIR / stem)
-        file = written[id(block)]
+            written[owner] = save_block_state(block, root / _WEIGHTS_DIR / stem)
+        file = written[owner]
         config.nodes[node_id].weights = None if file is None else Path(file).relative_to(root).as_posix()
     return write_config_file(_dump(config), root / CONFIG_FILES[0])
 
@@ -300,6 +307,21 @@ def load_block_state(block: Block, path: str | PathLike[str], *, strict: bool = 
     else:
         raise ConfigError(f"weights file {str(path)!r}: only .safetensors and .json load (no pickles)")
     block.load_state_dict(state, strict=strict)
+
+
+def weights_owner(block: Block) -> tuple[str, int]:
+    """What a block's saved state belongs to: its torch module when the block's whole state
+    is that module's (a `TorchBlock` without sub-blocks), so blocks sharing one pooled
+    module (one checkpoint ref) write and load it once; else the block itself."""
+    from_module = getattr(type(block), "local_state_dict", None)
+    module = getattr(block, "module", None)
+    if module is not None and not block.get_sub_blocks():
+        torch = sys.modules.get("torch")
+        torch_block = sys.modules.get("worldgen.blocks.torch_block")
+        if (torch is not None and torch_block is not None and isinstance(module, torch.nn.Module)
+                and from_module is torch_block.TorchBlock.local_state_dict):
+            return ("module", id(module))
+    return ("block", id(block))
 
 
 # ------------------------------------------------------------------ private
@@ -413,7 +435,10 @@ def _build_block(entry: BlockConfig, registry: BlockRegistry) -> Block:
 
 def _import_plugins() -> None:
     """Import the packages that register more block types; missing optional deps are skipped."""
-    for package in PLUGIN_PACKAGES:
+    from importlib.metadata import entry_points
+
+    plugins = [*PLUGIN_PACKAGES, *(ep.module for ep in entry_points(group=PLUGIN_ENTRY_POINTS))]
+    for package in plugins:
         try:
             importlib.import_module(package)
         except ImportError:
@@ -726,8 +751,9 @@ def _build_graph_sharing(
         with _located(f"nodes.{node_id}"):
             block = _shared_block(label + node_id, entry, shared)
             if block is None:
-                block = _build_block(entry, registry)
-                if entry.weights is not None:
+                with requesting(f"node {label + node_id!r} of graph {config.graph_id!r}"):
+                    block = _build_block(entry, registry)
+                if entry.weights is not None and not _already_loaded(block, entry.weights, shared):
                     load_block_state(block, entry.weights)
                 if not entry.trainable:
                     block.freeze()
@@ -748,17 +774,26 @@ def _build_graph_sharing(
     return graph
 
 
+def _already_loaded(block: Block, weights: str, shared: SharedBlocks) -> bool:
+    """True when `weights` was loaded in this build into a block with the same weights owner
+    (the same pooled module): loading it again would only repeat the same copy."""
+    owner = weights_owner(block)
+    return owner[0] == "module" and any(
+        seen.weights == weights and weights_owner(other) == owner for _, seen, other in shared.values()
+    )
+
+
 class _WeightSaver:
     """Writes each block's state once: blocks in several of `graphs` go to `shared_dir`."""
 
     def __init__(self, shared_dir: Path, graphs: Iterable[Graph]) -> None:
         self.shared_dir = shared_dir
-        graphs_of: dict[int, set[int]] = {}
+        graphs_of: dict[tuple[str, int], set[int]] = {}
         for graph in graphs:
             for block in graph.blocks():
-                graphs_of.setdefault(id(block), set()).add(id(graph))
+                graphs_of.setdefault(weights_owner(block), set()).add(id(graph))
         self.shared = {b for b, gs in graphs_of.items() if len(gs) > 1}
-        self.written: dict[int, Path | None] = {}
+        self.written: dict[tuple[str, int], Path | None] = {}
         self.taken: set[str] = set()
 
     def save_graph(self, graph: Graph, directory: Path) -> Path:
@@ -766,13 +801,14 @@ class _WeightSaver:
         taken: set[str] = set()
         for node_id in graph.node_ids:
             block = graph.get_node(node_id).block
-            if id(block) not in self.written:
-                if id(block) in self.shared:
+            owner = weights_owner(block)
+            if owner not in self.written:
+                if owner in self.shared:
                     stem = self.shared_dir / _file_stem(block.block_id, self.taken)
                 else:
                     stem = directory / _WEIGHTS_DIR / _file_stem(node_id, taken)
-                self.written[id(block)] = save_block_state(block, stem)
-            file = self.written[id(block)]
+                self.written[owner] = save_block_state(block, stem)
+            file = self.written[owner]
             config.nodes[node_id].weights = None if file is None else Path(os.path.relpath(file, directory)).as_posix()
         return write_config_file(_dump(config), directory / CONFIG_FILES[0])
 

@@ -10,11 +10,13 @@ from worldgen.local_models.gguf import (
     smollm2_cache_dir,
     smollm2_gguf_path,
 )
+from worldgen.local_models.safety import PickleCheckpointError
 
 __all__ = [
     "ChatTransformers",
     "LoadedModel",
     "LocalModelMissingError",
+    "PickleCheckpointError",
     "cache_root",
     "load_local_chat_model",
     "load_pretrained",

@@ -114,12 +114,24 @@ def load_smollm2() -> LoadedModel:
                               options={"cache": str(cache_dir.resolve())})
 
 
-def load_pretrained(folder: str | os.PathLike[str]) -> LoadedModel:
-    """Load a ``save_pretrained`` folder (model + tokenizer) once per process, through the pool."""
-    from worldgen.local_models.pool import resolve_pool
+def load_pretrained(
+    folder: str | os.PathLike[str],
+    *,
+    pool: Any = None,
+    allow_pickle: bool = False,
+    requested_by: str | None = None,
+) -> LoadedModel:
+    """Load a ``save_pretrained`` folder (model + tokenizer) once per process, through the pool
+    (`pool`, else `resolve_pool()`). Safetensors only: a folder with only pickled weights
+    raises `PickleCheckpointError` unless `allow_pickle` (then ``weights_only=True``)."""
+    from worldgen.local_models.pool import requester, resolve_pool
 
     path = Path(folder).expanduser().resolve()
-    return resolve_pool().get(str(path), loader=lambda: _load_folder(path), cls="transformers:causal_lm")
+    requested_by = requester(requested_by)
+    return resolve_pool(pool).get(
+        str(path), loader=lambda: _load_folder(path, allow_pickle=allow_pickle, requested_by=requested_by),
+        cls="transformers:causal_lm", allow_pickle=allow_pickle, requested_by=requested_by,
+    )
 
 
 def _is_complete(folder: Path) -> bool:
@@ -128,12 +140,15 @@ def _is_complete(folder: Path) -> bool:
     return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
 
 
-def _load_folder(path: Path) -> LoadedModel:
+def _load_folder(path: Path, *, allow_pickle: bool = False, requested_by: str | None = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from worldgen.local_models.safety import safe_load_kwargs
+
+    safe = safe_load_kwargs(path, allow_pickle=allow_pickle, requested_by=requested_by)  # before any read
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **safe)
     model.eval()
     seconds = time.perf_counter() - start
     logger.info("loaded %s from safetensors in %.1fs", path, seconds)

@@ -18,14 +18,21 @@ key), never an error.
   held the pool stays over budget and logs a warning; it never fails a run. Dropping only
   removes the pool's reference: a block still holding the object keeps it alive, and the
   next `get` of that key loads it again.
-* Bytes are the parameter and buffer bytes of torch modules (0 for other objects, e.g.
-  tokenizers).
+* Bytes are the parameter and buffer bytes of the torch modules in a value: a module, or a
+  bundle holding modules (a ``(model, tokenizer)`` tuple, a dict, a dataclass such as
+  `LoadedModel`, a diffusers pipeline's ``components``); each tensor counted once. Other
+  objects (tokenizers) count 0.
+* Safetensors only: the default loader refuses a folder holding only pickled weights
+  (`PickleCheckpointError`) unless ``allow_pickle=True``, and then reads them with
+  ``weights_only=True`` (see `worldgen.local_models.safety`).
 
 A shared model shares all of its state: train/eval mode, `requires_grad`, weights loaded
 into it. Use ``share=False`` for a copy to train on its own.
 
-The pool of a call is, in order: the one passed explicitly, the ``model_pool`` of the
-running LangGraph config (``config["configurable"]["model_pool"]``) or runtime context,
+The pool of a call is, in order: the one passed explicitly, the one set by ``with
+using_pool(pool):`` (a context variable, so it follows threads started with
+``asyncio.to_thread``), the ``model_pool`` of the running LangGraph config
+(``config["configurable"]["model_pool"]``) or runtime context,
 and the process default (`default_pool`, replaceable with `set_default_pool`). The default
 pool lives as long as the process (no budget unless one is set).
 """
@@ -33,6 +40,8 @@ pool lives as long as the process (no budget unless one is set).
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dataclasses
 import logging
 import os
 import threading
@@ -49,11 +58,15 @@ __all__ = [
     "ModelNotFoundError",
     "ModelPool",
     "PoolKey",
+    "current_requester",
     "default_pool",
     "model_nbytes",
     "normalise_ref",
+    "requester",
+    "requesting",
     "resolve_pool",
     "set_default_pool",
+    "using_pool",
 ]
 
 T = TypeVar("T")
@@ -152,20 +165,42 @@ class PoolKey:
 
 
 def model_nbytes(value: Any) -> int:
-    """Parameter + buffer bytes of a torch module (each tensor once); 0 for anything else."""
+    """Parameter + buffer bytes of the torch modules in `value`, each tensor once.
+
+    `value` may be a module or a bundle of them (tuple/list/set, mapping, dataclass, or an
+    object with a ``components`` mapping like a diffusers pipeline), nested a few levels;
+    anything else counts 0. An LLM entry ``(model, tokenizer)`` thus counts its model, so the
+    memory budget sees it."""
     import sys
 
     torch = sys.modules.get("torch")
-    if torch is None or not isinstance(value, torch.nn.Module):
+    if torch is None:
         return 0
     seen: set[int] = set()
-    total = 0
-    for tensor in (*value.parameters(), *value.buffers()):
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        total += tensor.numel() * tensor.element_size()
-    return total
+    return _nbytes(value, torch, seen, depth=4)
+
+
+def _nbytes(value: Any, torch: Any, seen: set[int], depth: int) -> int:
+    if isinstance(value, torch.nn.Module):
+        total = 0
+        for tensor in (*value.parameters(), *value.buffers()):
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                total += tensor.numel() * tensor.element_size()
+        return total
+    if depth <= 0 or value is None or isinstance(value, (str, bytes, int, float, bool)):
+        return 0
+    if isinstance(value, Mapping):
+        children: Any = value.values()
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        children = value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        children = (getattr(value, f.name) for f in dataclasses.fields(value))
+    elif isinstance(getattr(value, "components", None), Mapping):  # diffusers pipelines
+        children = value.components.values()
+    else:
+        return 0
+    return sum(_nbytes(child, torch, seen, depth - 1) for child in children)
 
 
 # ----------------------------------------------------------------------------- pool
@@ -236,15 +271,21 @@ class ModelPool:
         options: Mapping[str, Any] | None = None,
         share: bool = True,
         requested_by: str | None = None,
+        allow_pickle: bool = False,
     ) -> T:
         """The model for this key, loading it on first use with ``loader()``.
 
         Without `loader`, ``cls.from_pretrained(ref, subfolder=..., torch_dtype=...,
-        local_files_only=True, use_safetensors=True)`` is used. A torch module is moved to
-        `dtype`/`device` when they are given. `share=False` returns a fresh load the pool
-        does not keep. A missing ref raises `ModelNotFoundError` naming `ref` and
-        `requested_by`.
+        local_files_only=True, use_safetensors=True)`` is used; a folder holding only pickled
+        weights raises `PickleCheckpointError` unless `allow_pickle` (part of the key), which
+        loads them with ``weights_only=True``. A torch module is moved to `dtype`/`device`
+        when they are given. `share=False` returns a fresh load the pool does not keep. A
+        missing ref raises `ModelNotFoundError` naming `ref` and `requested_by` (default: the
+        innermost ``with requesting(...)``).
         """
+        if allow_pickle:
+            options = {**(options or {}), "allow_pickle": True}
+        requested_by = requester(requested_by)
         key = PoolKey.make(ref, model_cls=cls, subfolder=subfolder, dtype=dtype, device=device,
                            options=options)
         if not share:
@@ -275,9 +316,12 @@ class ModelPool:
         """`get` without blocking the event loop: a hit returns at once, a load runs in a
         worker thread."""
         if kwargs.get("share", True):
+            options = kwargs.get("options")
+            if kwargs.get("allow_pickle"):
+                options = {**(options or {}), "allow_pickle": True}
             key = PoolKey.make(ref, model_cls=kwargs.get("cls"), subfolder=kwargs.get("subfolder"),
                                dtype=kwargs.get("dtype"), device=kwargs.get("device"),
-                               options=kwargs.get("options"))
+                               options=options)
             hit = self._lookup(key)
             if hit is not None:
                 return hit.value  # type: ignore[no-any-return]
@@ -374,7 +418,16 @@ class ModelPool:
             if loader is not None:
                 value = loader()
             elif cls is not None:
-                kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": True}
+                from worldgen.local_models.safety import safe_load_kwargs
+
+                folder = os.path.join(key.ref, key.subfolder or "")
+                allow = isinstance(key.options, tuple) and ("allow_pickle", True) in key.options
+                library = "diffusers" if "diffusers" in (_class_name(cls) or "") else "transformers"
+                kwargs: dict[str, Any] = {
+                    "local_files_only": True,
+                    **safe_load_kwargs(folder, ref=folder.rstrip(os.sep), allow_pickle=allow,
+                                       requested_by=requested_by, library=library),
+                }
                 if key.subfolder:
                     kwargs["subfolder"] = key.subfolder
                 if dtype is not None:
@@ -468,11 +521,54 @@ def _pool_from_langgraph() -> ModelPool | None:
     return found if isinstance(found, ModelPool) else None
 
 
+_CURRENT: contextvars.ContextVar[ModelPool | None] = contextvars.ContextVar("worldgen_model_pool", default=None)
+_REQUESTER: contextvars.ContextVar[str | None] = contextvars.ContextVar("worldgen_model_requester", default=None)
+
+
+@contextmanager
+def using_pool(pool: ModelPool | None) -> Iterator[ModelPool | None]:
+    """Make `pool` the one `resolve_pool()` finds in this context (None: no override), so
+    blocks built inside (which do not take a pool argument) load through it."""
+    token = _CURRENT.set(pool)
+    try:
+        yield pool
+    finally:
+        _CURRENT.reset(token)
+
+
+@contextmanager
+def requesting(name: str | None) -> Iterator[None]:
+    """Name who asks for the models loaded inside (a graph node, a tool), for the errors of
+    loads that do not pass ``requested_by`` themselves."""
+    token = _REQUESTER.set(name)
+    try:
+        yield
+    finally:
+        _REQUESTER.reset(token)
+
+
+def current_requester() -> str | None:
+    """The name set by the innermost ``with requesting(...)``, if any."""
+    return _REQUESTER.get()
+
+
+def requester(explicit: str | None = None) -> str | None:
+    """Who asks, for error messages: `explicit` (e.g. a block id) and the surrounding
+    ``requesting(...)`` name (e.g. the graph node building it), whichever exist."""
+    context = _REQUESTER.get()
+    if explicit and context and explicit not in context and context not in explicit:
+        return f"{explicit} in {context}"
+    return explicit or context
+
+
 def resolve_pool(pool: ModelPool | None = None) -> ModelPool:
-    """`pool` if given, else the running LangGraph config's/context's ``model_pool``, else
-    the process default."""
+    """`pool` if given, else the one of ``with using_pool(...)``, else the running LangGraph
+    config's/context's ``model_pool``, else the process default."""
     if pool is not None:  # not `pool or ...`: an empty pool has len 0
         return pool
+    current = _CURRENT.get()
+    if current is not None:
+        return current
     found = _pool_from_langgraph()
     return found if found is not None else default_pool()
 

@@ -1,6 +1,17 @@
-"""Tools the world's agents use: image generation and pixel-level image analysis."""
+"""Tools the world's agents use: image generation, pixel-level image analysis, and local
+models (text generation, image description, embeddings) as LangChain tools.
+
+``worldgen.tools.local_models.text_to_image_tool`` (the text_to_image *graph* on a diffusers
+folder) is not re-exported here: its name would shadow the renderer tool below."""
 
 from worldgen.tools.image_analysis import ImageFacts, analyse_image, describe_image
+from worldgen.tools.local_models import (
+    TransformersEmbeddings,
+    embedding_tool,
+    image_description_tool,
+    local_chat_model,
+    text_generation_tool,
+)
 from worldgen.tools.text_to_image import (
     DiffusersTextToImage,
     ProceduralRenderer,
@@ -18,4 +29,9 @@ __all__ = [
     "ImageFacts",
     "analyse_image",
     "describe_image",
+    "TransformersEmbeddings",
+    "embedding_tool",
+    "image_description_tool",
+    "local_chat_model",
+    "text_generation_tool",
 ]

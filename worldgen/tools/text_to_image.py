@@ -792,11 +792,14 @@ class DiffusersTextToImage:
     Loading is lazy and goes through the model pool, so building a world stays cheap
     until an image is needed, and renderers on one folder share one pipeline. Calls are serialised too:
     a diffusers pipeline mutates its scheduler per call and is not re-entrant.
-    Weights are only ever read from ``folder`` (never downloaded).
+    Weights are only ever read from ``folder`` (never downloaded), and only from safetensors:
+    a folder whose weights are all pickles raises `PickleCheckpointError` unless
+    ``allow_pickle=True`` (then ``torch.load(weights_only=True)``).
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, *, allow_pickle: bool = False) -> None:
         self.folder = Path(folder).expanduser()
+        self.allow_pickle = allow_pickle
         self.name = f"diffusers:{folder}"
         self._pipe: Any = None
         self._call_lock = threading.Lock()
@@ -818,18 +821,23 @@ class DiffusersTextToImage:
             from worldgen.local_models.pool import resolve_pool
 
             self._pipe = resolve_pool().get(
-                str(self.folder), loader=self._read, cls="DiffusionPipeline", requested_by=self.name
+                str(self.folder), loader=self._read, cls="DiffusionPipeline", requested_by=self.name,
+                allow_pickle=self.allow_pickle,
             )
         return self._pipe
 
     def _read(self) -> Any:
         from diffusers import DiffusionPipeline
 
+        from worldgen.local_models.safety import safe_load_kwargs
+
+        safe = safe_load_kwargs(self.folder, allow_pickle=self.allow_pickle, requested_by=self.name,
+                                library="diffusers", components=True)
         try:
             pipe = DiffusionPipeline.from_pretrained(
                 str(self.folder),
                 local_files_only=True,
-                use_safetensors=True,
+                **safe,
                 low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
             )
         except Exception as e:  # diffusers errors rarely say which folder

@@ -9,6 +9,10 @@ Loads go through the model pool (`worldgen.local_models.pool`): blocks built fro
 and component (and the same load options) share one module object (``a.module is
 b.module``), across graphs and pipelines of the process. ``share: false`` in the block's
 config opts out and loads an independent copy.
+
+Pickle safety: a component folder holding only pickled weights (``*.bin``) is refused with
+`PickleCheckpointError` naming the folder, unless the block's config says
+``allow_pickle: true``; then the weights load with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from pydantic import BaseModel, ConfigDict
 
 from worldgen.blocks.base import Block
 from worldgen.blocks.torch_block import TorchBlock
-from worldgen.local_models.pool import ModelPool, resolve_pool
+from worldgen.local_models.pool import ModelPool, requester, resolve_pool
+from worldgen.local_models.safety import safe_load_kwargs
 
 __all__ = ["PretrainedSettings", "PretrainedTorchBlock", "component_folder", "grad_context", "load_component"]
 
@@ -39,6 +44,9 @@ class PretrainedSettings(BaseModel):
     subfolder: str | None = None
     """Component folder inside `model_id`; None means the block's usual one (``unet``, ``vae``…)."""
     defaults: dict[str, Any] = {}
+    allow_pickle: bool = False
+    """Accept a component stored only as a pickle (``*.bin``), read with
+    ``torch.load(weights_only=True)``; off by default because unpickling can run code."""
     share: bool = True
     """Take the component from the model pool (one object per folder+component+options in the
     process); False loads an independent copy (e.g. to train it on its own)."""
@@ -71,16 +79,28 @@ def load_component(
 ) -> Any:
     """``cls.from_pretrained(folder, subfolder=..., local_files_only=True, **kwargs)``, through
     the model pool (`pool`, else the running graph's, else the process default): one object
-    per (folder, subfolder, cls, kwargs) unless ``settings.share`` is False."""
+    per (folder, subfolder, cls, kwargs) unless ``settings.share`` is False.
+
+    A component with only pickled weights raises `PickleCheckpointError` unless
+    ``settings.allow_pickle``; weight-less components (tokenizers) load as they are."""
     subfolder = settings.subfolder or default_subfolder
+    requested_by = requester(requested_by)
 
     def load() -> Any:
         folder = component_folder(settings.model_id, subfolder)
-        return cls.from_pretrained(folder, subfolder=subfolder, local_files_only=True, **kwargs)
+        safe = safe_load_kwargs(
+            folder / subfolder, ref=f"{settings.model_id}/{subfolder}", allow_pickle=settings.allow_pickle,
+            requested_by=requested_by,
+            library="diffusers" if isinstance(cls, type) and issubclass(cls, ModelMixin) else "transformers",
+        )
+        call = dict(kwargs)
+        if "use_safetensors" in call or safe["use_safetensors"] is False:
+            call.update(safe)
+        return cls.from_pretrained(folder, subfolder=subfolder, local_files_only=True, **call)
 
     return resolve_pool(pool).get(
         settings.model_id, load, cls=cls, subfolder=subfolder, options=kwargs,
-        share=settings.share, requested_by=requested_by,
+        share=settings.share, requested_by=requested_by, allow_pickle=settings.allow_pickle,
     )
 
 
