@@ -267,13 +267,18 @@ def test_agentic_development_reads_the_world_through_tools_and_gets_the_action(t
         _tool_call("recent_episodes", {"n": 2}, "c1"),
         AIMessage("A gull brings a message to the gate."),
         AIMessage(CONFIG),
-        AIMessage("The message is sealed with wax."),
+        _tool_call("write_text", {"slot": "caption"}, "c2"),  # the Creator agent picks per slot
+        AIMessage("The message is sealed with wax."),  # write_text's chat call
+        AIMessage("done"),  # the image slot is left to the default generator
     ], seen=[])
     world = World.from_template("canon", root=tmp_path / "w", llm=llm, agents=True)
     with world:
         result = world.invoke(action="open the gate")
         assert result.ran() == ["development", "architect", "creator"]
         assert result.state.block1.text == "A gull brings a message to the gate."
+        image, text = result.state.block3.items
+        assert image.meta["chosen_by"] == "default" and text.meta["chosen_by"] == "agent"
+        assert world.artifacts.read_text(text) == "The message is sealed with wax."
         first, second = llm.seen[0], llm.seen[1]
         assert "open the gate" in " ".join(str(m.content) for m in first)
         tool_replies = [m for m in second if isinstance(m, ToolMessage)]

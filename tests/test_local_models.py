@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -130,10 +131,10 @@ def test_load_pretrained_once_per_process_even_from_threads(
     calls = []
     real = gguf._load_folder
 
-    def counting(path: Path) -> gguf.LoadedModel:
+    def counting(path: Path, **kwargs: object) -> gguf.LoadedModel:
         calls.append(path)
         time.sleep(0.05)  # widen the race window
-        return real(path)
+        return real(path, **kwargs)
 
     monkeypatch.setattr(gguf, "_load_folder", counting)
     results: list[gguf.LoadedModel] = []
@@ -284,3 +285,252 @@ def test_temp_dirs_left_by_killed_processes_are_swept(tiny_llm_dir: Path, tmp_pa
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     gguf._write_cache_atomically(gguf._load_folder(tiny_llm_dir), tmp_path / "model")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-model-busy", "model"]
+
+
+# -- tool calling by constrained decoding (bind_tools) -----------------------------------
+def _tools():
+    from langchain_core.tools import tool
+
+    @tool
+    def lookup(key: str, limit: int = 3) -> str:
+        """Look a key up in the world."""
+        return f"value of {key}"
+
+    @tool
+    def count(n: int) -> str:
+        """Count to n."""
+        return str(n)
+
+    @tool
+    def paint(slot: Literal["scene", "portrait"]) -> str:
+        """Paint one slot."""
+        return f"painted {slot}"
+
+    return [lookup, count, paint]
+
+
+@pytest.fixture(scope="module")
+def tiny_chat(tiny_llm_dir: Path):
+    from worldgen.local_models.chat_model import ChatTransformers
+
+    return ChatTransformers.from_pretrained(tiny_llm_dir, max_new_tokens=12)
+
+
+def _check_call(message, tools) -> dict:
+    """The message holds exactly one call of a bound tool with its required arguments, typed."""
+    by_name = {t.name: t for t in tools}
+    (call,) = message.tool_calls
+    assert call["name"] in by_name and call["id"].startswith("call_") and message.content == ""
+    schema = by_name[call["name"]].tool_call_schema.model_json_schema()
+    assert set(call["args"]) == set(schema.get("required", []))
+    by_name[call["name"]].args_schema.model_validate(call["args"])  # the tool accepts them
+    return call
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_bind_tools_yields_a_call_of_a_bound_tool_or_an_answer(tiny_chat) -> None:
+    tools = _tools()
+    forced = tiny_chat.bind_tools(tools, tool_choice="any").invoke("hello")
+    _check_call(forced, tools)
+    count = _check_call(tiny_chat.bind_tools(tools, tool_choice="count").invoke("hello"), tools)
+    assert count["name"] == "count" and isinstance(count["args"]["n"], int)
+    paint = _check_call(tiny_chat.bind_tools(tools, tool_choice={"type": "function", "function": {"name": "paint"}})
+                        .invoke("hello"), tools)
+    assert paint["args"]["slot"] in ("scene", "portrait")  # an enum argument is a choice
+    answer = tiny_chat.bind_tools(tools, tool_choice="none").invoke("hello")
+    assert not answer.tool_calls and isinstance(answer.content, str) and answer.content
+    assert answer.response_metadata["raw"].startswith('{"answer": "')
+    auto = tiny_chat.bind_tools(tools).invoke("hello")
+    if auto.tool_calls:
+        _check_call(auto, tools)
+    else:
+        assert auto.content
+    with pytest.raises(ValueError, match="names no bound tool"):
+        tiny_chat.bind_tools(tools, tool_choice="nope")
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_streaming_a_tool_reply_gives_the_invoked_message(tiny_chat) -> None:
+    for choice in ("any", "none"):
+        bound = tiny_chat.bind_tools(_tools(), tool_choice=choice)
+        invoked = bound.invoke("stream me")
+        chunks = list(bound.stream("stream me"))
+        streamed = chunks[0]
+        for chunk in chunks[1:]:
+            streamed += chunk
+        assert streamed.content == invoked.content
+        assert streamed.tool_calls == invoked.tool_calls  # ids included: derived, not random
+        assert streamed.response_metadata["finish_reason"] == invoked.response_metadata["finish_reason"]
+
+
+def test_tool_conversation_is_rendered_as_the_json_the_model_writes() -> None:
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    from worldgen.local_models.chat_model import _to_tool_chat
+
+    tools = [convert_to_openai_tool(t) for t in _tools()]
+    chat = _to_tool_chat([
+        SystemMessage("Be brief."),
+        HumanMessage("what is x?"),
+        AIMessage("", tool_calls=[{"name": "lookup", "args": {"key": "x"}, "id": "c1"}]),
+        ToolMessage("x is 1", tool_call_id="c1"),
+        AIMessage("x is 1."),
+    ], tools)
+    assert [m["role"] for m in chat] == ["system", "user", "assistant", "user", "assistant"]
+    assert chat[0]["content"].startswith("Be brief.\n\nYou can call these tools:\n- lookup(key: string, limit: integer (optional))")
+    assert json.loads(chat[2]["content"]) == {"tool": "lookup", "arguments": {"key": "x"}}
+    assert chat[3]["content"] == "Result of lookup: x is 1"
+    assert json.loads(chat[4]["content"]) == {"answer": "x is 1."}
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_repeated_call_becomes_an_answer(tiny_chat, monkeypatch: pytest.MonkeyPatch) -> None:
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    from worldgen.local_models import chat_model
+
+    real = chat_model._Decoder.choose
+
+    def prefer_calling(self, options):  # a model that always wants the tool
+        return real(self, [o for o in options if o.startswith('{"tool"')] or options)
+
+    monkeypatch.setattr(chat_model._Decoder, "choose", prefer_calling)
+    bound = tiny_chat.bind_tools([_tools()[2]])
+    assert bound.invoke("paint").tool_calls  # nothing asked yet: it calls
+    history = [HumanMessage("paint both")]
+    for i, slot in enumerate(("scene", "portrait")):
+        history += [AIMessage("", tool_calls=[{"name": "paint", "args": {"slot": slot}, "id": f"c{i}"}]),
+                    ToolMessage(f"painted {slot}", tool_call_id=f"c{i}")]
+    again = bound.invoke(history)  # every possible call was made: a repeat becomes an answer
+    assert not again.tool_calls and again.content
+    assert again.response_metadata["repeated_call"]["name"] == "paint"
+    assert bound.invoke(history, tool_choice="any").tool_calls  # unless a call is required
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_an_agent_loop_on_a_local_model_ends_with_a_stated_reason(tiny_chat) -> None:
+    from langchain_core.messages import AIMessage, ToolMessage
+
+    from worldgen.agents.agent import Agent
+
+    tools = _tools()
+    agent = Agent(llm=tiny_chat, tools=tools, max_steps=4)
+    result = agent.invoke("find x")
+    assert result.stop_reason in ("answered", "max_steps") and 1 <= result.steps <= 4
+    calls = [c for m in result.messages if isinstance(m, AIMessage) for c in m.tool_calls]
+    assert all(c["name"] in {t.name for t in tools} for c in calls)
+    replies = [m for m in result.messages if isinstance(m, ToolMessage)]
+    assert len(replies) == result.tool_calls and all(m.status == "success" for m in replies)
+    if result.stop_reason == "answered":
+        assert result.text
+
+
+# -- tool calling with the real SmolLM2 (slow) --------------------------------------------
+WORLD_PROMPTS = [
+    "Who is Tamsin?",
+    "What happened recently in the world?",
+    "Search the chronicle for the glowing stone.",
+    "The user acts: open the gate. What happens next?",
+    "Where is the Lighthouse of Varn?",
+    "Say hello.",
+    "What did the keeper find on the beach?",
+    "No one intervenes. What happens next?",
+]
+
+
+def _world_tools():
+    from langchain_core.tools import tool
+
+    @tool
+    def recent_episodes(n: int = 3) -> str:
+        """The world's latest episodes, oldest first."""
+        return "1. Tamsin found a glowing stone on the beach."
+
+    @tool
+    def search_chronicle(query: str) -> str:
+        """Episodes whose intent or outcome mention the query."""
+        return f"1. Tamsin found a glowing stone. ({query})"
+
+    @tool
+    def get_entity(name: str) -> str:
+        """What the world knows about a being or place."""
+        return f"{name} appears in episode 1."
+
+    return [recent_episodes, search_chronicle, get_entity]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_smollm2_tool_calls_parse_and_name_a_bound_tool(smollm2_cold, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worldgen.local_models import load_local_chat_model
+
+    _, cache = smollm2_cold
+    monkeypatch.setenv("WORLDGEN_CACHE", str(cache))
+    tools = _world_tools()
+    chat = load_local_chat_model()
+    parsed = calls = 0
+    start = time.perf_counter()
+    turns = 0
+    for choice, prompts in (("auto", WORLD_PROMPTS), ("any", WORLD_PROMPTS[:4])):
+        bound = chat.bind_tools(tools, tool_choice=choice)
+        for prompt in prompts:
+            turns += 1
+            reply = bound.invoke(prompt)
+            if reply.tool_calls:
+                _check_call(reply, tools)
+                calls += 1
+            else:
+                assert choice == "auto" and reply.content.strip()
+            parsed += 1
+    seconds = (time.perf_counter() - start) / turns
+    print(f"\nSmolLM2 tool turns: {parsed}/{turns} parsed, {calls} calls, {seconds:.2f}s a turn")
+    assert parsed == turns and calls >= 4
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_smollm2_agent_loop_completes(smollm2_cold, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worldgen.agents.agent import Agent
+    from worldgen.local_models import load_local_chat_model
+
+    _, cache = smollm2_cold
+    monkeypatch.setenv("WORLDGEN_CACHE", str(cache))
+    system = "You direct a story world. Use the tools to look up what happened, then answer in one sentence."
+    for prompt in WORLD_PROMPTS[:2]:
+        start = time.perf_counter()
+        result = Agent(llm=load_local_chat_model(), tools=_world_tools(), system_prompt=system, max_steps=4).invoke(prompt)
+        print(f"\nSmolLM2 agent: {result.stop_reason} after {result.steps} steps, {result.tool_calls} tool calls, "
+              f"{time.perf_counter() - start:.1f}s: {result.text[:80]!r}")
+        assert result.stop_reason in ("answered", "max_steps") and result.steps <= 4
+        assert result.stop_reason == "max_steps" or result.text.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_smollm2_agentic_canon_world_two_passes(smollm2_cold, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`make demo`'s world: canon with agents=True on the embedded model, end to end."""
+    from worldgen import World
+
+    _, cache = smollm2_cold
+    monkeypatch.setenv("WORLDGEN_CACHE", str(cache))
+    start = time.perf_counter()
+    with World.from_template("canon", root=tmp_path / "w", agents=True) as world:
+        result = world.invoke(num_steps=2, action="walk to the lighthouse")
+        seconds = time.perf_counter() - start
+        assert result.ran() == ["development", "architect", "creator", "philosopher", "author", "world_update",
+                                "development", "architect", "creator"]
+        assert result.state.filled() == {1, 2, 3} and len(result.snapshots) == 1 == len(world.snapshots())
+        snap = json.loads(result.snapshots[0].read_text())["state"]
+        assert all(snap[f"block{n}"] for n in range(1, 6))
+        assert world.content.chronicle[0]["outcome"]
+        records = [r for t in ("development", "author", "creator") for r in world.stages[t].impl.records]
+        choices = [ref.meta["chosen_by"] for ref in result.state.block3.items]
+        print(f"\nagentic canon world, 2 passes on SmolLM2: {seconds:.1f}s")
+        for r in records:
+            print(f"  {r.transition}: {r.stop_reason}, {r.tool_calls} tool calls {r.tools}, fallback: {r.fallback}")
+        print(f"  creator slots chosen by: {choices}")
+        assert len(records) == 5  # development ×2, author, creator ×2
+        assert all(r.tool_calls > 0 or r.fallback for r in records)  # a call happened, or a stated fallback
+        assert sum(r.tool_calls for r in records) >= 1
+        assert set(choices) <= {"agent", "default"}

@@ -7,7 +7,11 @@ persists across calls and lives in `state_dict()`, and the agent role's ports, s
 object answers `invoke("...")` and sits in a worldgen `Graph` (`context` → `response`).
 
 Tools may be LangChain tools, worldgen graphs or any Runnable (via ``as_tool``), plain
-functions, or worldgen blocks (via `block_as_tool`).
+functions, or worldgen blocks (via `block_as_tool`). As a node of a worldgen `Graph` (the
+``agent`` role), a tool may also be ``"node:<node_id>"``: another node of the same graph,
+called by the agent instead of by edges (levels.md §2, the tool_id → node_id map). The graph
+leaves such a node out of its static run when nothing feeds it, and the reference is resolved
+when the loop is first compiled; references are strings, so they stay in the agent's config.
 
 Registered as ``agent/react``. A chat model cannot be written in a config file, so
 ``registry.build({"type": "agent/react", "llm": ...})`` needs ``llm`` in the config: a
@@ -56,10 +60,12 @@ try:  # what ToolNode and langgraph's own agents use: a sync and an async body, 
 except ImportError:  # pragma: no cover - moved in a later langgraph
     from langchain_core.runnables import RunnableLambda as _Callable  # type: ignore[assignment]
 
-__all__ = ["Agent", "AgentResult", "AgentSettings", "AgentState", "StopReason", "block_as_tool"]
+__all__ = ["NODE_TOOL_PREFIX", "Agent", "AgentResult", "AgentSettings", "AgentState", "StopReason", "block_as_tool"]
 
 StopReason = Literal["answered", "max_steps"]
 DEFAULT_MAX_STEPS = 10
+#: a tool given as ``"node:<node_id>"`` is that node of the agent's graph
+NODE_TOOL_PREFIX = "node:"
 _SKIPPED = "Not run: the agent's step limit was reached before this call."
 _SCHEMA_TYPES: dict[PortType, Any] = {PortType.TEXT: str, PortType.DICT: dict[str, Any]}
 _TOOL_NAME = re.compile(r"[^a-zA-Z0-9_-]+")
@@ -131,6 +137,9 @@ class Agent(AgentRole):
         config.pop("llm", None)
         if isinstance(llm, str):
             config["llm"] = llm
+        refs = [t for t in tools if isinstance(t, str) and t.startswith(NODE_TOOL_PREFIX)]
+        if refs:
+            config["tools"] = refs  # strings: serialisable, resolved against the graph
         explicit = {"system_prompt": system_prompt, "max_steps": max_steps, "memory_limit": memory_limit}
         config.update({k: v for k, v in explicit.items() if v is not None})
         super().__init__(block_id, config=config)
@@ -140,9 +149,35 @@ class Agent(AgentRole):
                 "'openai:<model>' (with registry.build, put it in the config under 'llm')"
             )
         self._llm_spec: BaseChatModel | str = llm
-        self.tools: list[BaseTool] = [_to_tool(t) for t in tools]
+        #: node ids of the graph this agent sits in, offered as tools ("node:<id>")
+        self.tool_nodes: list[str] = [t[len(NODE_TOOL_PREFIX):] for t in refs]
+        self.tools: list[BaseTool] = [_to_tool(t) for t in tools if t not in refs]
         self.memory: list[BaseMessage] = []
         self._graph: Any = None
+        self._host: Any = None  # weakref to the worldgen Graph holding this agent
+        self._compiled_for: int | None = None  # that graph's execution_version at compile time
+
+    def attach_to_graph(self, graph: Any, node_id: str) -> None:
+        """Called by `Graph.add_node`: remember the graph that resolves ``node:`` tools."""
+        import weakref
+
+        self._host = weakref.ref(graph)
+        self._graph = None  # recompile: the tools may now resolve differently
+
+    def _node_tools(self) -> list[BaseTool]:
+        if not self.tool_nodes:
+            return []
+        host = self._host() if self._host is not None else None
+        if host is None:
+            raise ValueError(
+                f"agent {self.block_id!r} has node tools {self.tool_nodes}: add it to the worldgen Graph "
+                "that holds those nodes"
+            )
+        tools = []
+        for node_id in self.tool_nodes:
+            block = host.get_node(node_id).block  # names the graph's nodes when unknown
+            tools.append(block_as_tool(block, name=_TOOL_NAME.sub("_", node_id)))
+        return tools
 
     # ------------------------------------------------------------ settings
     @property
@@ -165,8 +200,11 @@ class Agent(AgentRole):
         It is stateless: memory belongs to the Agent, so running the graph directly (e.g. as
         a node of a stage) uses only the messages in its input.
         """
-        if self._graph is None:
+        host = self._host() if self._host is not None and self.tool_nodes else None
+        version = host.execution_version if host is not None else None
+        if self._graph is None or version != self._compiled_for:  # node tools: follow graph edits
             self._graph = self._compile()
+            self._compiled_for = version
         return self._graph
 
     def invoke(self, input: str | Mapping[str, Any] | Sequence[Any], config: RunnableConfig | None = None) -> AgentResult:
@@ -216,7 +254,8 @@ class Agent(AgentRole):
     # ------------------------------------------------------------- private
     def _compile(self) -> Any:
         model = _resolve_model(self._llm_spec)
-        bound = model.bind_tools(self.tools) if self.tools else model
+        tools = [*self.tools, *self._node_tools()]
+        bound = model.bind_tools(tools) if tools else model
         system = SystemMessage(self.system_prompt) if self.system_prompt else None
 
         def prompt(state: AgentState) -> list[BaseMessage]:
@@ -236,8 +275,8 @@ class Agent(AgentRole):
         builder = StateGraph(AgentState)
         builder.add_node("model", _Callable(call_model, acall_model, name="model"))
         builder.add_edge(START, "model")
-        if self.tools:
-            builder.add_node("tools", ToolNode(self.tools))
+        if tools:
+            builder.add_node("tools", ToolNode(tools))
             builder.add_conditional_edges("model", route, {"tools": "tools", END: END})
             builder.add_edge("tools", "model")
         else:

@@ -6,7 +6,8 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
-from worldgen.agents.base import ask_text
+from worldgen.agents.agentic import AgentTransition
+from worldgen.agents.base import ask_text, clean_text
 from worldgen.state import ArtifactDescriptions, Intent
 
 SYSTEM = (
@@ -28,3 +29,37 @@ class Author:
             f"What was meant to happen: {intent}\nWhat was actually made:\n{seen}\n\nWhat happened?"
         )
         return {"block5": {"text": ask_text(self.llm, "author", SYSTEM, prompt, max_sentences=4, echo=summary)}}
+
+
+AGENT_SYSTEM = (
+    "You are the Author of a story world. Look up the beings and places involved with the tools "
+    "if you need to, then tell what really happened in this episode, in two to four sentences, "
+    "past tense. No preamble."
+)
+
+
+class AgentAuthor(AgentTransition):
+    """Author as an agent that may query the world (content tools) before telling what happened.
+
+    The tools read the world as it is when the Author runs: before this pass's World update,
+    as the canon asks. An empty answer (or a step-limit stop) falls back to the plain Author.
+    """
+
+    transition = "author"
+
+    def __call__(self, state: dict[str, Any]) -> dict[str, Any]:
+        from worldgen.tools.world_content import content_tools
+
+        world = state["world"]
+        intent = Intent.model_validate(state["block1"]).as_text()
+        seen = ArtifactDescriptions.model_validate(state["block4"]).as_text()
+        premise = world.story()
+        prompt = (f"Premise: {premise}\n" if premise else "") + (
+            f"What was meant to happen: {intent}\nWhat was actually made:\n{seen}\n\nWhat happened?")
+        result = self.run_agent(content_tools(world), AGENT_SYSTEM, prompt)
+        text = clean_text(result.text, max_sentences=4, echo=world.summary())
+        if text:
+            self.record(result)
+            return {"block5": {"text": text}}
+        self.record(result, f"plain Author: the agent gave no answer ({result.stop_reason})")
+        return Author(self.llm)(state)

@@ -6,7 +6,8 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
-from worldgen.agents.base import ask_text
+from worldgen.agents.agentic import AgentTransition
+from worldgen.agents.base import ask_text, clean_text
 
 SYSTEM = (
     "You direct an evolving story world. Decide what happens next. "
@@ -39,32 +40,28 @@ AGENT_SYSTEM = (
 )
 
 
-class AgentDevelopment:
+class AgentDevelopment(AgentTransition):
     """Development as an agent: it reads the world through tools before deciding.
 
     The action reaches it as part of its prompt; its answer becomes block 1, as in the canon.
+    An empty answer (or a step-limit stop) falls back to the plain Development.
     """
 
-    def __init__(self, llm: BaseChatModel, *, max_steps: int = 6):
-        self.llm = llm
-        self.max_steps = max_steps
+    transition = "development"
 
     def __call__(self, state: dict[str, Any]) -> dict[str, Any]:
-        from worldgen.agents.agent import Agent
-        from worldgen.agents.base import clean_text
         from worldgen.tools.world_content import content_tools
 
         world = state["world"]
         action = state.get("action")
-        agent = Agent(llm=self.llm, tools=content_tools(world), system_prompt=AGENT_SYSTEM,
-                      max_steps=self.max_steps)
         premise = world.story()
         prompt = (f"Premise: {premise}\n" if premise else "") + (
             f"The user acts: {action}\nWhat happens next, given this action?"
             if action else "No one intervenes. What happens next?")
-        text = clean_text(agent.invoke(prompt).text, max_sentences=2)
-        if not text:
-            from worldgen.agents.base import ModelOutputError
-
-            raise ModelOutputError("development: the agent gave no answer")
-        return {"block1": {"text": text}}
+        result = self.run_agent(content_tools(world), AGENT_SYSTEM, prompt)
+        text = clean_text(result.text, max_sentences=2, echo=premise)
+        if text:
+            self.record(result)
+            return {"block1": {"text": text}}
+        self.record(result, f"plain Development: the agent gave no answer ({result.stop_reason})")
+        return Development(self.llm)(state)

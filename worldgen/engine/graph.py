@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,10 +23,11 @@ from worldgen.blocks.ports import Port, PortDirection, PortType
 from worldgen.blocks.registry import BlockRegistry, global_registry
 from worldgen.blocks.roles import block_role
 from worldgen.engine.auto_connect import Ambiguity, AmbiguityPolicy, AutoConnectResult, plan_auto_edges
+from worldgen.engine.context import enter_call_context, exit_call_context
 from worldgen.engine.executor import Callback, run_graph
 from worldgen.engine.nodes import Edge, ExposedPort, Node
 from worldgen.engine.plan import ExecutionPlan, build_plan, loop_order_of
-from worldgen.engine.validation import GraphValidationError, ValidationResult, validate_graph
+from worldgen.engine.validation import GraphValidationError, ValidationIssue, ValidationResult, validate_graph
 
 if TYPE_CHECKING:
     from worldgen.engine.serialization import ConfigSource
@@ -67,6 +69,7 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         self._auto_roles: dict[str, str] = {}  # nodes taking part in auto-connect → role
         self._exposed_in: dict[str, ExposedPort] = {}
         self._exposed_out: dict[str, ExposedPort] = {}
+        self._frozen_nodes: set[str] = set()  # nodes left out of trainable_parameters
         self._execution_version = 0
         self._plan: ExecutionPlan | None = None
         self._schemas: tuple[int, type[BaseModel], dict[str, str]] | None = None
@@ -132,7 +135,13 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         else:
             if block is None:
                 raise ValueError("add_node needs a block, a block type or a block config")
-            instance = self._make_block(block, config, registry)
+            from worldgen.local_models.pool import current_requester, requesting
+
+            # a model the block loads names this node when it is missing (unless an outer
+            # builder, e.g. Graph.from_config, already named it)
+            asker = current_requester() or (f"node {node!r} of graph {self.graph_id!r}" if node else None)
+            with requesting(asker):
+                instance = self._make_block(block, config, registry)
             node_id = node if node is not None else self._fresh_id(instance.block_type)
             node = Node(node_id, instance)
         if node_id in self._nodes:
@@ -141,6 +150,8 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         self._nodes[node_id] = node
         self._in[node_id], self._out[node_id] = [], []
         self._touch()
+        if callable(attach := getattr(instance, "attach_to_graph", None)):
+            attach(self, node_id)  # an agent resolves its "node:<id>" tools in this graph
         role = block_role(instance)
         if auto_connect and role is not None:
             self._auto_roles[node_id] = role
@@ -153,6 +164,7 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
             if edge in self._edges:
                 self._delete_edge(edge)
         del self._nodes[node_id], self._in[node_id], self._out[node_id]
+        self._frozen_nodes.discard(node_id)
         for exposed in (self._exposed_in, self._exposed_out):
             for key in [k for k, e in exposed.items() if e.node_id == node_id]:
                 del exposed[key]
@@ -277,8 +289,19 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         ``metadata["loop_order"]``)."""
         plan = self._plan
         if plan is None or plan.version != self._execution_version or plan.loop_order != loop_order_of(self):
-            self._plan = build_plan(self)
+            plan = build_plan(self)
+            skip = self.tool_only_nodes()
+            if skip:
+                plan = replace(plan, steps=tuple(s for s in plan.steps if not set(s.node_ids) <= skip))
+            self._plan = plan
         return self._plan
+
+    def tool_only_nodes(self) -> set[str]:
+        """Nodes an agent node calls as tools (``"node:<id>"``) that nothing else feeds: they
+        run only when the agent calls them, so the static run and validation leave them out."""
+        refs = {ref for node in self._nodes.values() for ref in getattr(node.block, "tool_nodes", ())}
+        seeded = {e.node_id for e in self._exposed_in.values()}
+        return {n for n in refs if n in self._nodes and not self._in[n] and n not in seeded}
 
     def run(
         self,
@@ -290,15 +313,28 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         callbacks: Callback | Iterable[Callback] | None = None,
         dry_run: bool = False,
     ) -> dict[str, Any]:
-        """Run once; inputs keyed by run key (or ``(node_id, port)``). See `run_graph`."""
-        return run_graph(
-            self, inputs or {}, num_loop_steps=num_loop_steps, training=training, device=device,
-            callbacks=callbacks, dry_run=dry_run,
-        )
+        """Run once; inputs keyed by run key (or ``(node_id, port)``). See `run_graph`.
+
+        ``graph_id`` is in the call context while it runs (`worldgen.engine.context`)."""
+        token = enter_call_context(graph_id=self.graph_id)
+        try:
+            return run_graph(
+                self, inputs or {}, num_loop_steps=num_loop_steps, training=training, device=device,
+                callbacks=callbacks, dry_run=dry_run,
+            )
+        finally:
+            exit_call_context(token)
 
     def validate(self, strict: bool = True) -> ValidationResult:
         """Check the graph; with `strict`, raise `GraphValidationError` listing every error."""
         result = validate_graph(self)
+        tool_only = self.tool_only_nodes()
+        unknown = [ValidationIssue(f"node {nid!r}: agent tool 'node:{ref}' is not a node of this graph", nid)
+                   for nid, node in self._nodes.items() for ref in getattr(node.block, "tool_nodes", ())
+                   if ref not in self._nodes]
+        if tool_only or unknown:
+            result = ValidationResult([*unknown, *(e for e in result.errors if e.node_id not in tool_only)],
+                                      [w for w in result.warnings if w.node_id not in tool_only])
         if strict and result.errors:
             raise GraphValidationError(self.graph_id, result)
         return result
@@ -347,10 +383,28 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         return load_graph(directory, registry=registry, validate=validate)
 
     # ------------------------------------------------------------ training
+    def set_trainable(self, node_id: str, trainable: bool = True) -> None:
+        """Include or leave out one node's block in `trainable_parameters` (levels.md §7).
+
+        A block shared by several nodes stays listed while any of them is trainable, so
+        freezing one use site does not freeze the block (``block.freeze()`` does that)."""
+        self.get_node(node_id)
+        (self._frozen_nodes.discard if trainable else self._frozen_nodes.add)(node_id)
+
+    def is_trainable(self, node_id: str) -> bool:
+        self.get_node(node_id)
+        return node_id not in self._frozen_nodes
+
+    @property
+    def trainable_nodes(self) -> list[str]:
+        return [n for n in self._nodes if n not in self._frozen_nodes]
+
     def trainable_parameters(self) -> Iterator[Any]:
-        """Parameters of all blocks, each once (shared blocks and shared tensors included)."""
+        """Parameters of the blocks of trainable nodes, each once (shared blocks and shared
+        tensors included; gradients of a shared block add up over its uses)."""
         seen: set[int] = set()
-        for block in self.blocks():
+        blocks = {id(n.block): n.block for nid, n in self._nodes.items() if nid not in self._frozen_nodes}
+        for block in blocks.values():
             for param in block.trainable_parameters():
                 if id(param) not in seen:
                     seen.add(id(param))
