@@ -26,7 +26,7 @@ test-fast: install
 	$(BIN)/pytest -q -m "not slow"
 
 bench: install  ## every benchmark, each side by side with its anchor
-	for b in cycle_overhead checkpoint_growth engine text_to_image agent_loop pool; do $(BIN)/python bench/$$b.py || exit 1; done
+	for b in cycle_overhead checkpoint_growth engine text_to_image agent_loop pool parallel_stage lora_world; do $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) worlds .pytest_cache .langgraph_api

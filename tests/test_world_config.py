@@ -253,3 +253,17 @@ def test_builder_takes_a_saved_stage_graph_folder(tmp_path):
     assert builder.add_stage({"ref": str(folder)}, "author") == "author"
     assert isinstance(builder.stages["author"].impl, StageGraph)
     assert Path(builder.stages["author"].source["ref"]) == folder
+
+
+def test_a_stage_entry_with_endpoint_url_runs_remotely_and_keeps_no_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("LANGGRAPH_API_KEY", "lg-secret-7")
+    folder = author_graph().save(tmp_path / "a").parent
+    config = {"stages": {"author": {"ref": str(folder), "endpoint_url": "http://gpu-box:2024",
+                                    "assistant_id": "author_stage"}}}
+    with World.from_config(config, root=tmp_path / "w") as world:
+        remote = world.stages["author"].impl.remote
+        assert (remote.endpoint_url, remote.assistant_id) == ("http://gpu-box:2024", "author_stage")
+        saved = world.save(tmp_path / "saved", with_state=False)
+    for path in [*saved.rglob("*"), *(tmp_path / "w").rglob("*")]:
+        if path.is_file():
+            assert b"lg-secret-7" not in path.read_bytes(), path

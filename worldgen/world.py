@@ -35,6 +35,7 @@ from typing_extensions import (
 
 from worldgen.artifacts import ArtifactStore, check_name
 from worldgen.content import ContentSnapshot, InitialWorld, WorldContent
+from worldgen.engine.context import call_context
 from worldgen.engine.validation import ValidationIssue, ValidationResult
 from worldgen.files import atomic_write
 from worldgen.stage import CYCLE, Condition, Stage, StageImpl, TransitionError
@@ -555,6 +556,30 @@ class World:
         """Finish a run that was interrupted (by a crash or a kill) from its last checkpoint."""
         return self.invoke(None, None, thread_id=thread_id)
 
+    # -- training (levels.md §7) -------------------------------------------------------------
+    def apply_lora(self, rank: int | None = None, targets: Sequence[str] | None = None, **options: Any) -> Any:
+        """LoRA on the whole world: an adapter on every eligible local block, every base
+        weight frozen; returns the `LoraSet` whose parameters go to the optimizer.
+        ``rank`` and ``targets`` default to the config's ``lora`` policy."""
+        from worldgen.adapters import apply_lora
+
+        policy = self.config.lora
+        rank = rank if rank is not None else (policy.rank if policy else 8)
+        targets = targets if targets is not None else (policy.targets or None if policy else None)
+        if "alpha" not in options and policy is not None and policy.alpha is not None:
+            options["alpha"] = policy.alpha
+        return apply_lora(self, rank=rank, targets=targets, **options)
+
+    def trainable_parameters(self) -> list[Any]:
+        """The parameters an optimizer gets, each once; with the config's ``trainable_stages``
+        only those stages' blocks train (a block shared with another stage is frozen only if
+        no trainable stage uses it)."""
+        from worldgen.adapters import trainable_parameters, trainable_stages
+
+        if self.config.trainable_stages:
+            trainable_stages(self, self.config.trainable_stages)
+        return trainable_parameters(self)
+
     # -- reading --------------------------------------------------------------------------
     def current_state(self, thread_id: str | None = None) -> WorldState:
         values = self.graph.get_state(self._run_config(thread_id)).values
@@ -682,7 +707,8 @@ class World:
                 inputs["episode_key"] = world._episode_key(episode, config)
             started = time.perf_counter()
             try:
-                result = stage.invoke(inputs, config) or {}
+                with call_context(stage_id=stage.name, role=transition):  # per-stage adapters
+                    result = stage.invoke(inputs, config) or {}
             except TransitionError:
                 raise
             except Exception as exc:

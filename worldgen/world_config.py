@@ -90,8 +90,11 @@ class StageEntry(BaseModel):
     stage_config: dict[str, Any] | None = None
     #: blocks that must be filled for the stage to run, or a preset name; the canon's by default
     execution_condition: list[int] | str | None = None
-    #: a LangGraph server serving this stage (world.md §4, per-stage endpoint_url)
+    #: a LangGraph server serving this stage (world.md §4, per-stage endpoint_url);
+    #: its key comes from the environment (LANGGRAPH_API_KEY), never from here
     endpoint_url: str | None = None
+    #: the served graph's name on that server (default: the stage id)
+    assistant_id: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> StageEntry:
@@ -131,13 +134,11 @@ class StageEntry(BaseModel):
             return stage
         source: Any = base / self.ref if self.ref is not None else self.stage_config
         graph = StageGraph.from_config(source, base_dir=None if self.ref is not None else base, validate=True)
-        canon = CANON[transition]
-        stage = Stage(
-            transition, graph,
-            reads=tuple(graph.get_state_input_spec()) or canon.reads,
-            writes=tuple(graph.get_state_output_spec()) or canon.writes,
-            condition=self.condition(transition), name=graph.stage_id,
-        )
+        if self.endpoint_url is not None:
+            graph.set_endpoint(self.endpoint_url, self.assistant_id)
+        # the entry's condition wins over the stage graph's own, which wins over the canon's
+        condition = self.condition(transition) if self.execution_condition is not None else None
+        stage = graph.as_stage(transition, condition=condition)
         stage.source = self.model_dump(exclude_defaults=True)
         return stage
 
@@ -240,7 +241,8 @@ def stage_entry(transition: str, stage: Stage, directory: Path, rel: str) -> Sta
     if stage.source is not None and "template" in stage.source:
         return StageEntry.model_validate(stage.source)
     if isinstance(stage.impl, StageGraph):
-        condition = None if stage.condition == CANON[transition].condition else list(stage.condition.requires)
+        own = stage.impl.execution_condition or CANON[transition].condition
+        condition = None if stage.condition == own else list(stage.condition.requires)
         stage.impl.save(directory)
         return StageEntry(ref=rel, execution_condition=condition)
     return None
