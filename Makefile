@@ -16,8 +16,8 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 install: $(BIN)/.installed
 
-demo: install  ## two passes of the canon world on the embedded defaults
-	$(BIN)/worldgen run --root worlds/demo --steps $(STEPS)
+demo: install  ## two passes of the agentic canon world on the embedded defaults
+	$(BIN)/worldgen run --root worlds/demo --steps $(STEPS) --agents
 
 test: install  ## every test, slow end-to-end ones included
 	$(BIN)/pytest -q

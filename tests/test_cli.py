@@ -51,7 +51,9 @@ def scripted(monkeypatch: pytest.MonkeyPatch):
     chosen: dict[str, Any] = {"stages": scripted_stages()}
     calls: list[tuple[Any, ...]] = []
 
-    def open_world(root: Path, llm: str | None, text_to_image: str | None, review: bool | None = None) -> World:
+    def open_world(
+        root: Path, llm: str | None, text_to_image: str | None, review: bool | None = None, agents: bool | None = None
+    ) -> World:
         calls.append((root, llm, text_to_image))
         if review is None and (root / "world.yaml").exists():
             review = WorldConfig.load(root / "world.yaml").review
@@ -312,13 +314,14 @@ def test_ctrl_c_exits_130_and_the_next_run_resumes(tmp_path: Path, scripted: Any
 
 @pytest.mark.slow
 def test_demo_runs_two_passes_on_the_embedded_models(tmp_path):
-    """What `make demo` does: the real SmolLM2 and the procedural renderer, end to end."""
+    """What `make demo` does: the agentic canon world on the real SmolLM2 and the procedural
+    renderer, end to end."""
     import sys
 
     root = tmp_path / "demo"
     exe = Path(sys.executable).parent / "worldgen"
     proc = subprocess.run(
-        [str(exe), "run", "--root", str(root), "--steps", "2"],
+        [str(exe), "run", "--root", str(root), "--steps", "2", "--agents"],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -326,6 +329,7 @@ def test_demo_runs_two_passes_on_the_embedded_models(tmp_path):
     html = (root / "chronicle.html").read_text()
     assert "<img" in html and "artifacts/" in html
     with World.open(root) as world:
+        assert world.config.agents
         episode = world.content.chronicle[0]
         assert episode["outcome"].strip() and episode["intent"].strip()
         assert world.state.filled() == {1, 2, 3}

@@ -52,14 +52,17 @@ def _err() -> Console:
 # --------------------------------------------------------------------------------------
 # opening worlds (tests monkeypatch _open_world to inject scripted stages)
 # --------------------------------------------------------------------------------------
-def _open_world(root: Path, llm: str | None, text_to_image: str | None, review: bool | None = None) -> World:
+def _open_world(
+    root: Path, llm: str | None, text_to_image: str | None, review: bool | None = None, agents: bool | None = None
+) -> World:
     """Reopen the world at ``root`` (overrides only when given), or create a canon world there."""
     from worldgen.world import World
 
     if (root / "world.yaml").exists():
-        return World.open(root, llm=llm, text_to_image=text_to_image, review=review)
+        return World.open(root, llm=llm, text_to_image=text_to_image, review=review, agents=agents)
     return World.from_template(
-        "canon", root=root, llm=llm or "local", text_to_image=text_to_image or "procedural", review=bool(review)
+        "canon", root=root, llm=llm or "local", text_to_image=text_to_image or "procedural", review=bool(review),
+        agents=bool(agents),
     )
 
 
@@ -120,11 +123,15 @@ def run(
         bool | None,
         typer.Option("--review/--no-review", help="Pause before each World update for you to approve, edit or reject."),
     ] = None,
+    agents: Annotated[
+        bool | None,
+        typer.Option("--agents/--no-agents", help="Development, Author and Creator as tool-calling agents."),
+    ] = None,
 ) -> None:
     """Run passes of the world at ROOT (created if new), then write its chronicle.html."""
     out = _out()
     with _clean_errors():
-        world = _open_world(root, llm, text_to_image, review)
+        world = _open_world(root, llm, text_to_image, review, agents)
         try:
             started = time.perf_counter()
             try:

@@ -225,6 +225,7 @@ class World:
         stages: Mapping[str, Stage | StageImpl] | None = None,
         review: bool | None = None,
         base_dir: str | os.PathLike[str] | None = None,
+        agents: bool | None = None,
     ) -> World:
         """A world from ``world.yaml`` (a path, a dict or a WorldConfig), then validated.
 
@@ -252,6 +253,7 @@ class World:
                 "llm": llm if isinstance(llm, str) or llm is None else None,
                 "text_to_image": t2i if isinstance(t2i, str) or t2i is None else None,
                 "review": config.review if review is None else review,
+                "agents": config.agents if agents is None else agents,
             }
         )
         overrides = {**config.build_stages(base), **(stages or {})}
@@ -272,12 +274,14 @@ class World:
         text_to_image: Any = None,
         stages: Mapping[str, Stage | StageImpl] | None = None,
         review: bool | None = None,
+        agents: bool | None = None,
     ) -> World:
         """Reopen a world from its root; it continues where it stopped."""
         path = Path(root) / "world.yaml"
         if not path.exists():
             raise FileNotFoundError(f"{root}: no world.yaml here; create a world with World.from_template")
-        return cls.from_config(path, root=root, llm=llm, text_to_image=text_to_image, stages=stages, review=review)
+        return cls.from_config(path, root=root, llm=llm, text_to_image=text_to_image, stages=stages, review=review,
+                               agents=agents)
 
     # -- saving ---------------------------------------------------------------------------
     def save(self, save_dir: str | os.PathLike[str], *, with_state: bool = True) -> Path:

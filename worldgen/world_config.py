@@ -163,7 +163,7 @@ class WorldConfig(BaseModel):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     #: pause before each World update for a person to approve, edit or reject the state
     review: bool = False
-    #: Development as an agent reading the world through tools (needs a tool-calling model)
+    #: Development, Author and Creator as tool-calling agents (the embedded model calls tools too)
     agents: bool = False
     #: training (levels.md §7): stages whose parameters train, learning rate, freezing
     trainable_stages: list[str] = Field(default_factory=list)
