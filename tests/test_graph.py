@@ -1,4 +1,5 @@
-"""Graph building, execution, validation and the LangChain surface (levels.md §3; §10 checks 4–6, 10–19)."""
+"""Graph building, execution, validation, the text_to_image stub template and the LangChain surface
+(levels.md §2, §3; §10 checks 4–6, 9, 10–19)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ from typing import Any
 import pytest
 import torch
 
-from worldgen.blocks import Block, Port, PortAggregation, PortType, input_port, output_port
+from worldgen.blocks import (
+    Block,
+    BlockRegistry,
+    Port,
+    PortAggregation,
+    PortType,
+    input_port,
+    output_port,
+)
+from worldgen.blocks.roles import Solver, register_task_node_stubs
 from worldgen.blocks.torch_block import TorchBlock
 from worldgen.engine import (
     AFTER,
@@ -23,6 +33,7 @@ from worldgen.engine import (
     Node,
     strongly_connected_components,
 )
+from worldgen.engine.templates import TEXT_TO_IMAGE_EDGES
 
 T, TEXT = PortType.TENSOR, PortType.TEXT
 
@@ -437,3 +448,108 @@ def test_tool_arguments_for_unnamed_ports():
     tool = graph.as_tool(name="tokenize", description="Tokenize text.")
     assert tool.args["tok__text"]["type"] == "string"
     assert tool.invoke({"tok__text": "hi"}) == {"tok:token_ids": "hi"}
+
+
+# ------------------------------------------------- template text_to_image (check 9)
+ROLES = ["tokenizer", "conditioner", "backbone", "solver", "codec"]
+#: the documented edge set: the role-rule edges, codec.encode_latent → solver.latent replaced by
+#: the loop-seed fix (solver self-edges: the solver steps the current latent and timestep)
+T2I_EDGES = {
+    Edge("tokenizer", "token_ids", "conditioner", "input"),
+    Edge("conditioner", "embedding", "backbone", "condition"),
+    Edge("backbone", "pred", "solver", "pred"),
+    Edge("solver", "next_latent", "backbone", "latent"),
+    Edge("solver", "next_timestep", "backbone", "timestep"),
+    Edge("solver", "next_latent", "solver", "latent"),
+    Edge("solver", "next_timestep", "solver", "timestep"),
+    Edge("solver", "next_latent", "codec", "decode_latent"),
+}
+
+
+class HalvingSolver(Solver):
+    """A solver that moves: next_latent = latent - pred / 2, next_timestep = timestep - 1."""
+
+    block_type = "solver/test_halving"
+
+    def forward(self, inputs):
+        return {"next_latent": inputs["latent"] - inputs["pred"] / 2, "next_timestep": inputs["timestep"] - 1}
+
+
+def test_check9_text_to_image_stub_template():  # check 9
+    graph = Graph.from_template("text_to_image", validate=True, num_steps=3)
+    assert graph.node_ids == ROLES and graph.graph_id == "text_to_image" and graph.graph_kind == "diffusion"
+    assert [graph.get_node(n).block.block_type for n in ROLES] == [f"{r}/identity" for r in ROLES]
+    assert set(graph.get_edges()) == T2I_EDGES and len(graph.get_edges()) == len(T2I_EDGES) == 8
+    assert {Edge(*s.split("."), *t.split(".")) for s, t in TEXT_TO_IMAGE_EDGES} == T2I_EDGES
+    assert list(graph.exposed_inputs()) == ["text", "latent", "timestep"]
+    assert [(e.name, e.node_id, e.port_name) for e in graph.exposed_input_ports()] == [
+        ("text", "tokenizer", "text"), ("latent", "backbone", "latent"), ("latent", "solver", "latent"),
+        ("timestep", "backbone", "timestep"), ("timestep", "solver", "timestep"),
+    ]
+    assert {k: (e.node_id, e.port_name) for k, e in graph.exposed_outputs().items()} == {"image": ("codec", "decode_image")}
+    result = graph.validate()
+    assert result.is_valid and not result.warnings
+    assert graph.metadata["num_loop_steps"] == 3
+    # the loop is {backbone, solver}, backbone first; the codec decodes once, after it
+    assert graph.plan().describe() == [
+        ("node", ("tokenizer",)), ("node", ("conditioner",)), ("cycle", ("backbone", "solver")), ("node", ("codec",)),
+    ]
+    # identity stubs: the run produces the seeded latent as the image
+    assert torch.equal(graph.run({"text": "a cat", "latent": torch.ones(2), "timestep": 10})["image"], torch.ones(2))
+    # the structure survives a config round trip (the fanned-out inputs included)
+    loaded = Graph.from_config(graph.to_config(), validate=True)
+    assert loaded.to_config() == graph.to_config() and set(loaded.get_edges()) == T2I_EDGES
+    assert loaded.run({"text": "x", "latent": 5.0, "timestep": 1}) == {"image": 5.0}
+
+
+def test_check9_loop_seed_scheme_feeds_the_current_latent():  # check 9 (loop-seed fix)
+    registry = BlockRegistry()
+    register_task_node_stubs(registry)
+    registry.register(HalvingSolver.block_type, HalvingSolver)
+    graph = Graph.from_template("text_to_image", solver_type="solver/test_halving", num_steps=3, registry=registry,
+                                graph_id="t2i", model_id="m", resolution=(64, 32))
+    assert graph.graph_id == "t2i" and graph.get_node("solver").block.block_type == "solver/test_halving"
+    assert graph.get_node("backbone").block.config == {"model_id": "m"} and graph.get_node("solver").block.config == {}
+    assert graph.metadata["resolution"] == [64, 32]
+    seen: dict[str, list[tuple[float, int]]] = {"backbone": [], "solver": []}
+
+    def record(node_id, phase, inputs=None, **kw):
+        if phase == BEFORE and node_id in seen:
+            seen[node_id].append((inputs["latent"], inputs["timestep"]))
+
+    out = graph.run({"text": "t", "latent": 8.0, "timestep": 10}, callbacks=record)
+    # iteration 1 from the seeds, then the solver's previous step, for both nodes alike
+    assert seen["backbone"] == seen["solver"] == [(8.0, 10), (4.0, 9), (2.0, 8)]
+    assert out == {"image": 1.0}
+
+
+def test_check9_template_rejects_parameters_of_the_other_form():  # check 9
+    with pytest.raises(TypeError, match=r"\['solver'\] are not parameters of the role-stub graph"):
+        Graph.from_template("text_to_image", solver="ddim")
+    with pytest.raises(KeyError, match="unknown block type 'backbone/nope'"):
+        Graph.from_template("text_to_image", backbone_type="backbone/nope")
+
+
+def test_exposed_input_fan_out():
+    graph = Graph()
+    graph.add_node("a", Add())
+    graph.add_node("b", Add(config={"offset": 1}))
+    graph.expose_input("a", "a", "x")
+    with pytest.raises(ValueError, match=r"input key 'x' is already exposed .*fan_out=True"):
+        graph.expose_input("b", "a", "x")
+    assert graph.expose_input("b", "a", "x", fan_out=True) == "x"
+    assert graph.expose_input("b", "a", "x", fan_out=True) == "x"  # idempotent
+    tensor_only = Graph()
+    tensor_only.add_node("bb", "backbone/identity")
+    tensor_only.add_node("t", "tokenizer/identity")
+    tensor_only.expose_input("bb", "latent", "x")
+    with pytest.raises(ValueError, match=r"input 'x' feeds bb\.latent \(tensor\); cannot also feed t\.text \(text\)"):
+        tensor_only.expose_input("t", "text", "x", fan_out=True)
+    graph.expose_output("a", "result", "ra")
+    graph.expose_output("b", "result", "rb")
+    assert graph.run({"x": 2}) == {"ra": 2, "rb": 3}
+    assert [e.node_id for e in graph.exposed_input_ports()] == ["a", "b"]
+    assert [e["node_id"] for e in graph.to_config()["exposed_inputs"]] == ["a", "b"]
+    graph.remove_node("a")  # the key stays, on its remaining port
+    assert graph.exposed_inputs()["x"].node_id == "b" and graph.fan_out_ports("x") == []
+    assert graph.run({"x": 2}) == {"rb": 3}

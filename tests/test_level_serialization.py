@@ -1,4 +1,4 @@
-"""Pipeline and stage-graph configs and saved directories (levels.md §4, §8 check 38;
+"""Pipeline and stage-graph configs, saved directories and checkpoints (levels.md §4, §8 check 38;
 world.md §3 check 22)."""
 
 from __future__ import annotations
@@ -184,6 +184,52 @@ def test_pipeline_save_load_preserves_outputs_weights_and_sharing(registry: Bloc
     # each graph folder is a saved graph on its own
     alone = Graph.load(root / "checkpoints" / "g2", registry=registry)
     assert torch.equal(alone.run(X)["y"], pipeline.get_graph("g2").run(X)["y"])
+
+
+def test_check38_pipeline_save_checkpoint_dir(
+    registry: BlockRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """§8 "Pipeline checkpoint": ``<pid>/{config,checkpoint}.json`` + ``pipeline_meta.json``;
+    the block shared by g1 and g2 is written once and loaded once, still shared."""
+    pipeline, shared = _pipeline(registry)
+    expected = pipeline.run(X)
+    root = pipeline.save_checkpoint(tmp_path / "ckpt")
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert files == ["config.json", "g1/checkpoint.json", "g1/config.json", "g2/checkpoint.json", "g2/config.json",
+                     "pipeline_meta.json"]
+    meta = json.loads((root / "pipeline_meta.json").read_text())
+    assert meta["pipeline_id"] == "pipe" and meta["node_ids"] == ["g1", "g2"] and meta["backend"] == "json"
+    assert meta["shared"] == {"g2": {"a": ["g1", "a"]}}
+    assert set(json.loads((root / "g2" / "checkpoint.json").read_text())["state"]) == {"b.weight"}  # head only
+
+    from worldgen.blocks.base import StateDictError
+
+    loads: list[str] = []
+    real = Scale.load_local_state_dict
+    for loaded in (Pipeline.load_from_checkpoint(checkpoint_dir=root, registry=registry),
+                   Pipeline.load(root, registry=registry)):
+        _same_outputs(loaded.run(X), expected)
+        a1, a2 = loaded.get_graph("g1").get_node("a").block, loaded.get_graph("g2").get_node("a").block
+        assert a1 is a2 and torch.equal(a1.module.weight, shared.module.weight)
+        assert loaded.get_graph("g1").get_node("b").block.count == 5 and not loaded.is_trainable("g1")
+    # loading into existing graphs: the shared block once
+    fresh = Pipeline.from_config(pipeline.to_config(), registry=registry)
+    with monkeypatch.context() as patch:
+        patch.setattr(Scale, "load_local_state_dict", lambda self, state: loads.append(self.block_id) or real(self, state))
+        fresh.load_checkpoint(root)
+    assert sorted(loads) == ["backbone", "head"]
+    _same_outputs(fresh.run(X), expected)
+    # the in-memory form: {pid: {node_id: state}}
+    assert list(pipeline.state_dict()) == ["g1", "g2"] and list(pipeline.state_dict()["g1"]) == ["a", "b"]
+    again = Pipeline.from_config(pipeline.to_config(), registry=registry)
+    again.load_state_dict(pipeline.state_dict())
+    _same_outputs(again.run(X), expected)
+    with pytest.raises(StateDictError, match=r"state for unknown graphs \['g3'\]"):
+        again.load_state_dict({**pipeline.state_dict(), "g3": {}})
+    with pytest.raises(NotImplementedError, match=r"format 'archive' is not supported \(supported: \['dir'\]\)"):
+        pipeline.save_checkpoint(tmp_path / "zip", format="archive")
+    with pytest.raises(NotImplementedError, match=r"backend 'pickle'"):
+        pipeline.save_checkpoint(tmp_path / "p", backend="pickle")
 
 
 def test_pipeline_config_errors(registry: BlockRegistry, tmp_path: Path) -> None:

@@ -426,3 +426,191 @@ def test_check25_shared_ref_is_written_once_and_loaded_once(
     assert len(unets) == 1 and loads.count(unets.pop()) == 1
     assert len(loads) == len(set(loads))  # every module (unet, vae, text encoder) filled once
     assert torch.equal(_image(again.get_graph("second")), _image(second))  # the trained weights came back
+
+
+# ------------------------------------------- checks 21, 22: graph checkpoints (levels.md §8)
+class Buffers(Block):
+    """Non-float tensors, a 0-dim tensor and plain values: what a JSON checkpoint must keep."""
+
+    block_type = "test/buffers"
+
+    def __init__(self, block_id: str | None = None, *, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(block_id, config=config)
+        self.state = {"half": torch.zeros(2, 3, dtype=torch.float16), "ids": torch.zeros(4, dtype=torch.int64),
+                      "scale": torch.tensor(0.0), "empty": torch.zeros(0, 2), "flag": False, "names": []}
+
+    def declare_ports(self) -> list[Port]:
+        return [input_port("x"), output_port("x")]
+
+    def forward(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        return {"x": inputs["x"] * self.state["scale"].item() if self.state["flag"] else inputs["x"]}
+
+    def local_state_dict(self) -> dict[str, Any]:
+        return dict(self.state)
+
+    def load_local_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = dict(state)
+
+
+def _trained(registry: BlockRegistry) -> Graph:
+    """`_graph` with weights and state a rebuild does not give."""
+    graph = _graph(registry)
+    with torch.no_grad():
+        graph.get_node("lin").block.module.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    tally = graph.get_node("tally").block
+    tally.count, tally.label = 7, "trained"
+    return graph
+
+
+def _same_state(a: Graph, b: Graph) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for node_id in sa:
+        assert sa[node_id].keys() == sb[node_id].keys(), node_id
+        for key, value in sa[node_id].items():
+            other = sb[node_id][key]
+            if isinstance(value, torch.Tensor):
+                assert value.dtype == other.dtype and torch.equal(value, other), (node_id, key)
+            else:
+                assert value == other, (node_id, key)
+
+
+def test_check21_graph_state_dict_is_keyed_by_node(registry: BlockRegistry) -> None:
+    graph = _trained(registry)
+    state = graph.state_dict()
+    assert list(state) == ["lin", "tally", "add"] and state["add"] == {}
+    assert state["tally"] == {"count": 7, "label": "trained"} and set(state["lin"]) == {"weight", "bias"}
+    fresh = _graph(registry)
+    fresh.load_state_dict(state)
+    _same_state(fresh, graph)
+    assert torch.equal(fresh.run(X)["out"], graph.run(X)["out"])
+
+    from worldgen.blocks.base import StateDictError
+
+    with pytest.raises(StateDictError, match=r"graph 'small': state for unknown node 'nope'"):
+        fresh.load_state_dict({**state, "nope": {}})
+    with pytest.raises(StateDictError, match=r"no state for stateful nodes \['tally'\]"):
+        fresh.load_state_dict({"lin": state["lin"]})
+    fresh.load_state_dict({"lin": state["lin"]}, strict=False)  # non-strict: leaves tally alone
+    with pytest.raises(StateDictError, match=r"node 'tally': .*unexpected keys \['extra'\]"):
+        fresh.load_state_dict({**state, "tally": {**state["tally"], "extra": 1}})
+
+    shared = Linear(config={"size": 2})
+    two = Graph("two")
+    two.add_node("first", shared)
+    two.add_node("second", shared)
+    assert list(two.state_dict()) == ["first"]  # a shared block once, under its first node
+    with pytest.raises(StateDictError, match=r"nodes 'first' and 'second' hold one block"):
+        two.load_state_dict({"first": shared.state_dict(), "second": shared.state_dict()})
+    two.load_state_dict({"second": shared.state_dict()})  # any node holding it may key it
+
+
+def test_check21_save_checkpoint_format_and_load(registry: BlockRegistry, tmp_path: Path) -> None:
+    graph = _trained(registry)
+    graph.save(tmp_path / "ckpt", format="checkpoint")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["checkpoint.json", "config.json"]
+    saved = json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())
+    assert {"lin.weight", "lin.bias", "tally.count", "tally.label"} == set(saved["state"])
+    loaded = Graph.load(tmp_path / "ckpt", registry=registry)
+    _same_state(loaded, graph)
+    assert torch.equal(loaded.run(X)["out"], graph.run(X)["out"])
+    assert loaded.get_node("tally").block.frozen and loaded.to_config() == graph.to_config()
+    # the default layout is unchanged
+    graph.save(tmp_path / "default")
+    assert sorted(p.name for p in (tmp_path / "default").iterdir()) == ["config.yaml", "weights"]
+
+
+def test_check21_dir_format_round_trips_via_checkpoint_dir(registry: BlockRegistry, tmp_path: Path) -> None:
+    graph = _trained(registry)
+    graph.add_node("again", graph.get_node("tally").block)  # shared: written once
+    graph.add_edge("add", "result", "again", "x")
+    root = graph.save_checkpoint(tmp_path / "dir", format="dir")
+    assert sorted(p.name for p in root.iterdir()) == ["graph_meta.json", "lin.json", "tally.json"]
+    meta = json.loads((root / "graph_meta.json").read_text())
+    assert meta["nodes"] == {"lin": "lin.json", "tally": "tally.json"} and meta["shared"] == {"again": "tally"}
+    assert meta["graph_id"] == "small" and meta["backend"] == "json" and meta["format"] == "dir"
+    config = graph.to_config()
+    for loaded in (
+        Graph.load_from_checkpoint(config=config, checkpoint_dir=root, registry=registry),
+        Graph.load_from_checkpoint(graph.save_config(tmp_path / "g.yaml"), checkpoint_dir=root, registry=registry),
+        Graph.load_from_checkpoint(config=config, checkpoint=graph.state_dict(), registry=registry),
+        Graph.load_from_checkpoint(config=config, registry=registry,
+                                   checkpoint_path=graph.save_checkpoint(tmp_path / "one.json")),
+    ):
+        _same_state(loaded, graph)
+        assert loaded.get_node("tally").block is loaded.get_node("again").block
+        assert torch.equal(loaded.run(X)["out"], graph.run(X)["out"])
+    with pytest.raises(ValueError, match="exactly one of checkpoint_path=, checkpoint_dir=, checkpoint="):
+        Graph.load_from_checkpoint(config=config, checkpoint_dir=root, checkpoint_path=root / "lin.json")
+    with pytest.raises(ConfigError, match=r"missing\.json' does not exist"):
+        _graph(registry).load_checkpoint(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("backend", ["json", "safetensors", "torch"])
+@pytest.mark.parametrize("format", ["single", "dir"])
+def test_check22_backends_round_trip_tensors(
+    registry: BlockRegistry, tmp_path: Path, backend: str, format: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry.register(Buffers.block_type, Buffers)
+    graph = _trained(registry)
+    graph.add_node("buf", "test/buffers", registry=registry)
+    graph.get_node("buf").block.state = {
+        "half": torch.tensor([[0.5, -1.0, 2.0], [3.0, 4.0, -0.25]], dtype=torch.float16),
+        "ids": torch.tensor([1, 2, 3, 2**40]), "scale": torch.tensor(2.5), "empty": torch.zeros(0, 2),
+        "flag": True, "names": ["a", "b"],
+    }
+    loads: list[dict[str, Any]] = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: loads.append(kw) or real_load(*a, **kw))
+    ext = {"json": ".json", "safetensors": ".safetensors", "torch": ".pt"}[backend]
+    path = tmp_path / (f"ckpt{ext}" if format == "single" else "ckpt")
+    graph.save_checkpoint(path, format=format, backend=backend)
+    fresh = _graph(registry)
+    fresh.add_node("buf", "test/buffers", registry=registry)
+    if format == "single":
+        fresh.load_checkpoint(path)  # the backend from the extension
+    else:
+        fresh.load_checkpoint(checkpoint_dir=path, backend=backend)
+    _same_state(fresh, graph)
+    assert all(kw.get("weights_only") is True for kw in loads) and bool(loads) == (backend == "torch")
+
+
+def test_check22_unknown_backend_or_format_raises(registry: BlockRegistry, tmp_path: Path) -> None:
+    graph = _graph(registry)
+    for call in (
+        lambda: graph.save_checkpoint(tmp_path / "x", backend="pickle"),
+        lambda: graph.save_checkpoint(tmp_path / "x", format="dir", backend="onnx"),
+        lambda: graph.save(tmp_path / "x", format="checkpoint", backend="pickle"),
+        lambda: graph.load_checkpoint(tmp_path / "x.json", backend="pickle"),
+        lambda: graph.load_checkpoint(tmp_path / "x.bin"),
+    ):
+        with pytest.raises(NotImplementedError, match=r"supported: \['json', 'safetensors', 'torch'\]"):
+            call()
+    with pytest.raises(NotImplementedError, match=r"format 'archive' is not supported"):
+        graph.save_checkpoint(tmp_path / "x", format="archive")
+
+
+class _Trap:
+    """Unpickling this would create `marker`: a weights_only load must refuse it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_check22_torch_backend_never_unpickles_objects(registry: BlockRegistry, tmp_path: Path) -> None:
+    import pickle
+
+    marker = tmp_path / "pwned"
+    torch.save({"state": {"tally.count": _Trap(marker), "tally.label": "x"}}, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        _graph(registry).load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+    from worldgen.blocks.base import StateDictError
+
+    graph = _graph(registry)
+    graph.get_node("tally").block.label = object()  # not storable: refused at save time, named
+    with pytest.raises(StateDictError, match=r"tally\.label: object value is neither a tensor nor plain JSON"):
+        graph.save_checkpoint(tmp_path / "bad.pt", backend="torch")

@@ -132,6 +132,7 @@ def _call(
 
 def _seeds(graph: Graph, inputs: Mapping[Any, Any]) -> dict[_Key, Any]:
     exposed = graph.exposed_inputs()
+    fan_out = graph._fan_out  # a run key seeding several ports (rare; read once per run)
     seeds: dict[_Key, Any] = {}
     unknown: list[Any] = []
     for key, value in inputs.items():
@@ -142,6 +143,8 @@ def _seeds(graph: Graph, inputs: Mapping[Any, Any]) -> dict[_Key, Any]:
             seeds[(node_id, port)] = value
         elif key in exposed:
             seeds[(exposed[key].node_id, exposed[key].port_name)] = value
+            if fan_out and key in fan_out:
+                seeds.update({(e.node_id, e.port_name): value for e in fan_out[key]})
         else:
             unknown.append(key)
     if unknown:

@@ -68,6 +68,7 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         self._ambiguities: tuple[Ambiguity, ...] = ()
         self._auto_roles: dict[str, str] = {}  # nodes taking part in auto-connect → role
         self._exposed_in: dict[str, ExposedPort] = {}
+        self._fan_out: dict[str, list[ExposedPort]] = {}  # run key → more ports it seeds
         self._exposed_out: dict[str, ExposedPort] = {}
         self._frozen_nodes: set[str] = set()  # nodes left out of trainable_parameters
         self._execution_version = 0
@@ -165,9 +166,16 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
                 self._delete_edge(edge)
         del self._nodes[node_id], self._in[node_id], self._out[node_id]
         self._frozen_nodes.discard(node_id)
+        for key, more in list(self._fan_out.items()):
+            self._fan_out[key] = [e for e in more if e.node_id != node_id]
         for exposed in (self._exposed_in, self._exposed_out):
             for key in [k for k, e in exposed.items() if e.node_id == node_id]:
                 del exposed[key]
+        for key, more in list(self._fan_out.items()):  # a fanned-out key keeps its other ports
+            if more and key not in self._exposed_in:
+                self._exposed_in[key] = more.pop(0)
+            if not more:
+                del self._fan_out[key]
         self._touch()
         if self._auto_roles.pop(node_id, None) is not None or self._auto_roles:
             self.auto_connect()
@@ -233,13 +241,30 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
     def auto_connect_ambiguities(self) -> tuple[Ambiguity, ...]:
         return self._ambiguities
 
-    def expose_input(self, node_id: str, port_name: str, name: str | None = None) -> str:
+    def expose_input(self, node_id: str, port_name: str, name: str | None = None, *, fan_out: bool = False) -> str:
         """Offer an input port as a graph input; returns its run key (`name` or ``"node:port"``).
 
         A port inside a loop may be exposed: the value seeds iteration 1, later iterations
-        take the edge value.
+        take the edge value. With `fan_out`, `name` may already be exposed: the one run input
+        then seeds this port too (e.g. one initial ``latent`` for two loop ports); port types
+        must be compatible. Without it, reusing a name is an error (likely a typo).
         """
-        return self._expose(self._exposed_in, PortDirection.IN, node_id, port_name, name)
+        if not fan_out or name is None or name not in self._exposed_in:
+            return self._expose(self._exposed_in, PortDirection.IN, node_id, port_name, name)
+        port = self._port(node_id, port_name, PortDirection.IN)
+        exposed = ExposedPort(node_id, port_name, name)
+        if exposed == self._exposed_in[name] or exposed in self._fan_out.get(name, ()):
+            return name
+        first = self._exposed_in[name]
+        first_type = self._nodes[first.node_id].block.get_port(first.port_name, PortDirection.IN).dtype
+        if PortType.ANY not in (first_type, port.dtype) and first_type is not port.dtype:
+            raise ValueError(
+                f"graph {self.graph_id!r}: input {name!r} feeds {first.node_id}.{first.port_name} "
+                f"({first_type.value}); cannot also feed {node_id}.{port_name} ({port.dtype.value})"
+            )
+        self._fan_out.setdefault(name, []).append(exposed)
+        self._touch()
+        return name
 
     def expose_output(self, node_id: str, port_name: str, name: str | None = None) -> str:
         """Offer an output port as a graph output; returns its run key."""
@@ -249,6 +274,7 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         """Replace all exposures with every edge-less port: inputs without in-edges, outputs
         without out-edges (unnamed, so keyed ``"node:port"``)."""
         self._exposed_in.clear()
+        self._fan_out.clear()
         self._exposed_out.clear()
         for node_id, node in self._nodes.items():
             fed = {e.target_port for e in self._in[node_id]}
@@ -262,8 +288,20 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         self._touch()
 
     def exposed_inputs(self) -> dict[str, ExposedPort]:
-        """Run key → exposed input."""
+        """Run key → exposed input (the first port of a fanned-out key; see
+        `exposed_input_ports`)."""
         return dict(self._exposed_in)
+
+    def exposed_input_ports(self) -> list[ExposedPort]:
+        """Every exposed input port, fan-out targets included (each right after its key's
+        first port): what run inputs seed."""
+        if not self._fan_out:
+            return list(self._exposed_in.values())
+        return [p for key, first in self._exposed_in.items() for p in (first, *self._fan_out.get(key, ()))]
+
+    def fan_out_ports(self, key: str) -> list[ExposedPort]:
+        """The ports run input `key` seeds beyond its first (empty unless fanned out)."""
+        return list(self._fan_out.get(key, ()))
 
     def exposed_outputs(self) -> dict[str, ExposedPort]:
         """Run key → exposed output."""
@@ -300,7 +338,7 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         """Nodes an agent node calls as tools (``"node:<id>"``) that nothing else feeds: they
         run only when the agent calls them, so the static run and validation leave them out."""
         refs = {ref for node in self._nodes.values() for ref in getattr(node.block, "tool_nodes", ())}
-        seeded = {e.node_id for e in self._exposed_in.values()}
+        seeded = {e.node_id for e in self.exposed_input_ports()}
         return {n for n in refs if n in self._nodes and not self._in[n] and n not in seeded}
 
     def run(
@@ -367,20 +405,97 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
 
         return write_config_file(self.to_config(), path)
 
-    def save(self, directory: str | PathLike[str]) -> Path:
-        """Write ``config.yaml`` plus each stateful block's weights once (safetensors)."""
-        from worldgen.engine.serialization import save_graph
+    def save(self, directory: str | PathLike[str], *, format: str = "weights", backend: str | None = None) -> Path:
+        """Save config and weights; returns the config path.
 
-        return save_graph(self, directory)
+        ``format="weights"`` (default): ``config.yaml`` + ``weights/<node>.safetensors|json``,
+        each block once. ``format="checkpoint"``: ``config.json`` + one ``checkpoint.<ext>``
+        keyed ``"<node_id>.<key>"`` (`backend`, default ``"json"``; see `save_checkpoint`)."""
+        from worldgen.engine.checkpoint import BACKENDS, CHECKPOINT_STEM, check_backend
+        from worldgen.engine.serialization import save_graph, write_config_file
+
+        if format == "weights":
+            if backend not in (None, "safetensors"):
+                raise NotImplementedError(f"save(format='weights') writes safetensors (+ JSON for non-tensor "
+                                          f"state), not backend {backend!r}; use format='checkpoint' for it")
+            return save_graph(self, directory)
+        if format != "checkpoint":
+            raise NotImplementedError(f"save format {format!r} is not supported (supported: ['weights', 'checkpoint'])")
+        backend = check_backend(backend or "json")
+        root = Path(directory)
+        self.save_checkpoint(root / (CHECKPOINT_STEM + BACKENDS[backend]), format="single", backend=backend)
+        return write_config_file(self.to_config(), root / "config.json")
 
     @classmethod
     def load(
         cls, directory: str | PathLike[str], *, registry: BlockRegistry | None = None, validate: bool = False
     ) -> Graph:
-        """A graph written by `save`, weights restored from its files (never from pickles)."""
+        """A graph written by `save` (either format: ``config.yaml``/``config.json``, weights
+        from ``weights/`` or ``checkpoint.<ext>``), never unpickling anything but tensors."""
         from worldgen.engine.serialization import load_graph
 
         return load_graph(directory, registry=registry, validate=validate)
+
+    # ---------------------------------------------------------- checkpoints
+    # weights only, keyed by node (levels.md §8): `worldgen.engine.checkpoint`
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """``{node_id: block state}``; a block (or pooled module) shared by several nodes
+        appears once, under its first node."""
+        from worldgen.engine.checkpoint import graph_state_dict
+
+        return graph_state_dict(self)
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, Any]], strict: bool = True) -> None:
+        """Load ``{node_id: block state}``, each shared block once; `strict` raises on an
+        unknown node, a stateful node left out, and unknown or missing block keys."""
+        from worldgen.engine.checkpoint import load_graph_state
+
+        load_graph_state(self, state, strict=strict)
+
+    def save_checkpoint(
+        self, path: str | PathLike[str], format: str = "single", backend: str = "json"
+    ) -> Path:
+        """Write the weights: ``single`` = one file keyed ``"<node_id>.<key>"``; ``dir`` =
+        ``path/<node_id>.<ext>`` + ``graph_meta.json``. Backends ``json`` (tensors as nested
+        lists with dtype), ``safetensors``, ``torch``; others raise `NotImplementedError`."""
+        from worldgen.engine.checkpoint import save_graph_checkpoint
+
+        return save_graph_checkpoint(self, path, format=format, backend=backend)
+
+    def load_checkpoint(
+        self, checkpoint_path: str | PathLike[str] | None = None, *, checkpoint_dir: str | PathLike[str] | None = None,
+        backend: str | None = None, strict: bool = True,
+    ) -> Graph:
+        """Load a `save_checkpoint` file (`checkpoint_path`) or directory into this graph."""
+        from worldgen.engine.checkpoint import load_graph_checkpoint
+
+        return load_graph_checkpoint(self, checkpoint_path, directory=checkpoint_dir, backend=backend, strict=strict)
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        config_path: str | PathLike[str] | None = None,
+        *,
+        config: ConfigSource | None = None,
+        checkpoint_path: str | PathLike[str] | None = None,
+        checkpoint_dir: str | PathLike[str] | None = None,
+        checkpoint: Mapping[str, Mapping[str, Any]] | None = None,
+        registry: BlockRegistry | None = None,
+        backend: str | None = None,
+        strict: bool = True,
+    ) -> Graph:
+        """Build from `config_path` or `config`, then load weights from one of
+        `checkpoint_path` (single file), `checkpoint_dir` or `checkpoint` (``{node_id: state}``)."""
+        if (config_path is None) == (config is None):
+            raise ValueError("load_from_checkpoint needs exactly one of config_path= or config=")
+        sources = [s for s in (checkpoint_path, checkpoint_dir, checkpoint) if s is not None]
+        if len(sources) != 1:
+            raise ValueError("load_from_checkpoint needs exactly one of checkpoint_path=, checkpoint_dir=, checkpoint=")
+        graph = cls.from_config(config_path if config is None else config, registry=registry)  # type: ignore[arg-type]
+        if checkpoint is not None:
+            graph.load_state_dict(checkpoint, strict=strict)
+            return graph
+        return graph.load_checkpoint(checkpoint_path, checkpoint_dir=checkpoint_dir, backend=backend, strict=strict)
 
     # ------------------------------------------------------------ training
     def set_trainable(self, node_id: str, trainable: bool = True) -> None:
@@ -503,8 +618,9 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         self._port(node_id, port_name, direction)
         exposed = ExposedPort(node_id, port_name, name)
         if table.get(exposed.key, exposed) != exposed:
+            hint = "; pass fan_out=True to seed both ports" if direction is PortDirection.IN and name else ""
             raise ValueError(f"graph {self.graph_id!r}: {direction.value}put key {exposed.key!r} is already "
-                             f"exposed ({table[exposed.key]})")
+                             f"exposed ({table[exposed.key]}){hint}")
         table[exposed.key] = exposed
         self._touch()
         return exposed.key
@@ -526,7 +642,7 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
             for key, exposed in self._exposed_in.items():
                 block = self._nodes[exposed.node_id].block
                 port = block.get_port(exposed.port_name, PortDirection.IN)
-                required = not port.optional and port.name not in (block.config.get("defaults") or {})
+                required = self.is_input_required(key)
                 description = f"{exposed.node_id}.{port.name} ({port.dtype.value})"
                 py_type = _SCHEMA_TYPES.get(port.dtype, Any)
                 fields[key] = (py_type, Field(... if required else None, description=description))
@@ -534,6 +650,15 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
             model = create_model(f"{self.graph_id}_input", __config__=_FIELD_CONFIG, **safe)
             self._schemas = (self._execution_version, model, renamed)
         return self._schemas
+
+    def is_input_required(self, key: str) -> bool:
+        """A run input is required when some port it seeds is required and has no default."""
+        for exposed in (self._exposed_in[key], *self._fan_out.get(key, ())):
+            block = self._nodes[exposed.node_id].block
+            port = block.get_port(exposed.port_name, PortDirection.IN)
+            if not port.optional and port.name not in (block.config.get("defaults") or {}):
+                return True
+        return False
 
     def _from_schema_keys(self, inputs: Mapping[Any, Any]) -> dict[Any, Any]:
         """Map tool-argument names (``node__port``) back to run keys (``node:port``)."""

@@ -57,7 +57,7 @@ class GraphBlock(Block):
         for key, exposed in self.graph.exposed_inputs().items():
             block = self.graph.get_node(exposed.node_id).block
             inner = block.get_port(exposed.port_name, PortDirection.IN)
-            optional = inner.optional or inner.name in (block.config.get("defaults") or {})
+            optional = not self.graph.is_input_required(key)  # every port it seeds can do without
             ports.append(input_port(key, inner.dtype, optional=optional, aggregation=inner.aggregation))
         for key, exposed in self.graph.exposed_outputs().items():
             inner = self.graph.get_node(exposed.node_id).block.get_port(exposed.port_name, PortDirection.OUT)

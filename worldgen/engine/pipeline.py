@@ -14,6 +14,7 @@ config's ``metadata.endpoints`` (URL and assistant id, never a key).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from os import PathLike
 from pathlib import Path
@@ -296,8 +297,66 @@ class Pipeline(Runnable[dict[str, Any], dict[str, Any]]):
     def load(
         cls, directory: str | PathLike[str], *, registry: BlockRegistry | None = None, validate: bool = False
     ) -> Pipeline:
-        """A pipeline written by `save`, weights restored and shared blocks shared again."""
+        """A pipeline written by `save` (or `save_checkpoint`), weights restored and shared
+        blocks shared again."""
+        from worldgen.engine.serialization import PIPELINE_META_FILE
+
+        meta = Path(directory) / PIPELINE_META_FILE
+        if meta.is_file() and "checkpoint_format" in json.loads(meta.read_text(encoding="utf-8")):
+            pipeline = cls.load_from_checkpoint(checkpoint_dir=directory, registry=registry)
+            if validate:
+                pipeline.validate(strict=True)
+            return pipeline
         return cls.from_config(Path(directory), registry=registry, validate=validate)
+
+    # ---------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """``{pid: graph.state_dict()}`` (a pipeline has no state of its own)."""
+        return {pid: self.get_graph(pid).state_dict() for pid in self.graph_ids}
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, Mapping[str, Any]]], strict: bool = True) -> None:
+        """Load ``{pid: graph state}``; a block shared by several graphs is loaded once;
+        `strict` raises on an unknown graph or node."""
+        from worldgen.engine.checkpoint import pipeline_load_state
+
+        pipeline_load_state(self, state, strict=strict)
+
+    def save_checkpoint(self, path: str | PathLike[str], format: str = "dir", backend: str = "json") -> Path:
+        """``path/<pid>/config.json`` + ``path/<pid>/checkpoint.<ext>`` per graph (a shared
+        block written once), ``path/config.json`` and ``path/pipeline_meta.json``. Only
+        ``format="dir"``; backends as `Graph.save_checkpoint`."""
+        from worldgen.engine.checkpoint import save_pipeline_checkpoint
+
+        return save_pipeline_checkpoint(self, path, format=format, backend=backend)
+
+    def load_checkpoint(
+        self, checkpoint_dir: str | PathLike[str], *, backend: str | None = None, strict: bool = True
+    ) -> Pipeline:
+        """Load a `save_checkpoint` directory's weights into this pipeline's graphs."""
+        from worldgen.engine.checkpoint import load_pipeline_checkpoint
+
+        return load_pipeline_checkpoint(self, checkpoint_dir, backend=backend, strict=strict)
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        config_path: str | PathLike[str] | None = None,
+        *,
+        config: Mapping[str, Any] | None = None,
+        checkpoint_dir: str | PathLike[str],
+        registry: BlockRegistry | None = None,
+        backend: str | None = None,
+        strict: bool = True,
+    ) -> Pipeline:
+        """Build from `config_path`/`config` (default: ``checkpoint_dir/config.json``), then
+        load the weights of `checkpoint_dir` (`save_checkpoint`'s layout)."""
+        if config_path is not None and config is not None:
+            raise ValueError("pass config_path= or config=, not both")
+        source = config if config is not None else config_path
+        if source is None:
+            source = Path(checkpoint_dir) / "config.json"
+        pipeline = cls.from_config(source, registry=registry)
+        return pipeline.load_checkpoint(checkpoint_dir, backend=backend, strict=strict)
 
     # ------------------------------------------------------------ training
     def set_trainable(self, pipeline_node_id: str, trainable: bool = True) -> None:

@@ -150,7 +150,7 @@ def build_plan(graph: Graph) -> ExecutionPlan:
     first = [min(position[n] for n in comp) for comp in components]
     ready = [(first[ci], ci) for ci in range(len(components)) if indegree[ci] == 0]
     heapq.heapify(ready)
-    seeded = {(e.node_id, e.port_name) for e in graph.exposed_inputs().values()}
+    seeded = {(e.node_id, e.port_name) for e in graph.exposed_input_ports()}
     steps: list[PlanStep] = []
     while ready:
         _, ci = heapq.heappop(ready)

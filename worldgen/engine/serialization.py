@@ -14,6 +14,9 @@ Layout of `save_graph(graph, d)`::
     d/config.yaml                     GraphConfig; nodes carry ``weights: weights/<file>``
     d/weights/<first node id>.safetensors   tensors (+ non-tensor state as JSON metadata)
     d/weights/<first node id>.json          blocks whose state has no tensors
+
+Node-keyed checkpoints (``Graph.save_checkpoint``, ``Graph.save(d, format="checkpoint")``,
+json/safetensors/torch backends) live in `worldgen.engine.checkpoint`.
 """
 
 from __future__ import annotations
@@ -151,6 +154,9 @@ class EdgeConfig(StrictConfig):
 
 
 class ExposedPortConfig(StrictConfig):
+    """One exposed port. Input entries repeating a `name` fan that run input out to each of
+    their ports (`Graph.expose_input(..., fan_out=True)`)."""
+
     node_id: str = Field(min_length=1)
     port_name: str = Field(min_length=1)
     name: str | None = None
@@ -236,8 +242,17 @@ def save_graph(graph: Graph, directory: str | PathLike[str]) -> Path:
 def load_graph(
     directory: str | PathLike[str], *, registry: BlockRegistry | None = None, validate: bool = False
 ) -> Graph:
-    """A graph written by `save_graph`, weights restored from its files."""
-    return graph_from_config(Path(directory), registry=registry, validate=validate)
+    """A graph written by `save_graph` (weights from ``weights/``) or by
+    ``Graph.save(format="checkpoint")`` (weights from ``checkpoint.<ext>``)."""
+    from worldgen.engine.checkpoint import find_checkpoint_file, load_graph_checkpoint
+
+    graph = graph_from_config(Path(directory), registry=registry)
+    checkpoint = find_checkpoint_file(Path(directory)) if Path(directory).is_dir() else None
+    if checkpoint is not None:
+        load_graph_checkpoint(graph, checkpoint)
+    if validate:
+        graph.validate(strict=True)
+    return graph
 
 
 # --------------------------------------------------------------------- files
@@ -346,7 +361,7 @@ def _graph_config(graph: Graph) -> GraphConfig:
         ambiguity_policy=graph.ambiguity_policy,
         nodes=nodes,
         edges=[EdgeConfig(**asdict(e)) for e in graph.get_edges() if not graph.is_auto_edge(e)],
-        exposed_inputs=[ExposedPortConfig(**asdict(e)) for e in graph.exposed_inputs().values()],
+        exposed_inputs=[ExposedPortConfig(**asdict(e)) for e in graph.exposed_input_ports()],
         exposed_outputs=[ExposedPortConfig(**asdict(e)) for e in graph.exposed_outputs().values()],
     )
 
@@ -762,13 +777,12 @@ def _build_graph_sharing(
     for i, edge in enumerate(config.edges):
         with _located(f"edges.{i}"):
             graph.add_edge(edge.source_node, edge.source_port, edge.target_node, edge.target_port)
-    for key, exposures, expose in (
-        ("exposed_inputs", config.exposed_inputs, graph.expose_input),
-        ("exposed_outputs", config.exposed_outputs, graph.expose_output),
-    ):
-        for i, exposed in enumerate(exposures):
-            with _located(f"{key}.{i}"):
-                expose(exposed.node_id, exposed.port_name, exposed.name)
+    for i, exposed in enumerate(config.exposed_inputs):
+        with _located(f"exposed_inputs.{i}"):
+            graph.expose_input(exposed.node_id, exposed.port_name, exposed.name, fan_out=True)
+    for i, exposed in enumerate(config.exposed_outputs):
+        with _located(f"exposed_outputs.{i}"):
+            graph.expose_output(exposed.node_id, exposed.port_name, exposed.name)
     if graph.auto_node_ids:
         graph.auto_connect()  # auto edges as the explicit ones leave them, independent of order
     return graph

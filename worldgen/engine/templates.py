@@ -2,27 +2,29 @@
 `Pipeline` from a few parameters.
 
 ``graph_from_template("text_to_image", checkpoint=folder)`` gives a Stable Diffusion graph
-whose denoising loop is a graph cycle; ``pipeline_from_template("generate_and_reconstruct",
+whose denoising loop is a graph cycle (without a checkpoint, the five-role stub graph of
+levels.md §2); ``pipeline_from_template("generate_and_reconstruct",
 checkpoint=folder)`` chains it with a VAE round trip. `register_graph_template` and
 `register_pipeline_template` add more.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from worldgen.blocks.base import Block
+from worldgen.blocks.registry import BlockRegistry
 from worldgen.engine.graph import Graph
 
 if TYPE_CHECKING:
     from worldgen.engine.pipeline import Pipeline
 
 __all__ = [
-    "generate_and_reconstruct", "graph_from_template", "graph_templates", "pipeline_from_template",
-    "pipeline_templates", "register_graph_template", "register_pipeline_template", "text_to_image",
-    "vae_reconstruct",
+    "TEXT_TO_IMAGE_EDGES", "diffusers_text_to_image", "generate_and_reconstruct", "graph_from_template",
+    "graph_templates", "pipeline_from_template", "pipeline_templates", "register_graph_template",
+    "register_pipeline_template", "stub_text_to_image", "text_to_image", "vae_reconstruct",
 ]
 
 TemplateBuilder = Callable[..., Any]
@@ -86,8 +88,91 @@ def _builder(table: dict[str, TemplateBuilder], kind: str, name: str) -> Templat
         raise KeyError(f"unknown {kind} template {name!r}; registered templates: {sorted(table)}") from None
 
 
+#: The role-stub ``text_to_image`` graph's edges (levels.md §2): the role-rule edges, with
+#: ``codec.encode_latent → solver.latent`` replaced by the loop-seed fix (the two solver
+#: self-edges), so the solver steps the *current* latent and timestep.
+TEXT_TO_IMAGE_EDGES: tuple[tuple[str, str], ...] = (
+    ("tokenizer.token_ids", "conditioner.input"),
+    ("conditioner.embedding", "backbone.condition"),
+    ("backbone.pred", "solver.pred"),
+    ("solver.next_latent", "backbone.latent"),
+    ("solver.next_timestep", "backbone.timestep"),
+    ("solver.next_latent", "solver.latent"),
+    ("solver.next_timestep", "solver.timestep"),
+    ("solver.next_latent", "codec.decode_latent"),
+)
+_STUB_ROLES = ("tokenizer", "conditioner", "backbone", "solver", "codec")
+_STUB_PARAMS = frozenset({*(f"{r}_type" for r in _STUB_ROLES), "graph_id", "model_id", "resolution", "num_steps",
+                          "registry"})
+_DIFFUSERS_PARAMS = frozenset({"solver", "guidance", "guidance_scale", "num_inference_steps", "height", "width",
+                               "seed", "eta", "scheduler_kwargs", "graph_id"})
+
+
 @register_graph_template("text_to_image")
-def text_to_image(
+def text_to_image(*, checkpoint: str | Path | None = None, **params: Any) -> Graph:
+    """Text → image: with `checkpoint`, the real Stable Diffusion graph
+    (`diffusers_text_to_image`); without, the role-stub graph of levels.md §2
+    (`stub_text_to_image`). Each form takes only its own parameters."""
+    allowed = _STUB_PARAMS if checkpoint is None else _DIFFUSERS_PARAMS
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        form = "the role-stub graph (no checkpoint=)" if checkpoint is None else "the diffusers graph (checkpoint=)"
+        raise TypeError(f"text_to_image: {unknown} are not parameters of {form}; it takes {sorted(allowed)}")
+    if checkpoint is None:
+        return stub_text_to_image(**params)
+    return diffusers_text_to_image(checkpoint=checkpoint, **params)
+
+
+def stub_text_to_image(
+    *,
+    tokenizer_type: str = "tokenizer/identity",
+    conditioner_type: str = "conditioner/identity",
+    backbone_type: str = "backbone/identity",
+    solver_type: str = "solver/identity",
+    codec_type: str = "codec/identity",
+    num_steps: int | None = None,
+    model_id: str | None = None,
+    resolution: int | Sequence[int] | None = None,
+    graph_id: str = "text_to_image",
+    registry: BlockRegistry | None = None,
+) -> Graph:
+    """The five-role graph of levels.md §2: tokenizer, conditioner, backbone, solver, codec.
+
+    Each node's type is its ``<role>_type`` (default ``<role>/identity``, so the graph runs
+    with no model); `model_id` goes into the config of every node but the solver, and
+    `num_steps` becomes ``metadata["num_loop_steps"]``, `resolution` ``metadata["resolution"]``.
+    Edges: `TEXT_TO_IMAGE_EDGES`. Inputs: ``text`` (tokenizer.text), ``latent`` (initial
+    noise) and ``timestep`` (the first timestep). Output: ``image`` (codec.decode_image).
+
+    Loop seed (the fix of D's graph, where backbone.latent had no value on iteration 1 and
+    the solver re-read a stale codec latent every step): the loop {backbone, solver} runs
+    backbone first; ``latent`` and ``timestep`` each fan out to the loop entry (backbone)
+    *and* to the solver, seeding iteration 1 only; from then on both read the solver's
+    previous ``next_latent``/``next_timestep`` (solver self-edges), so the solver always
+    steps the latent the backbone just saw. The codec is outside the loop and decodes once.
+    """
+    graph = Graph(graph_id, graph_kind="diffusion")
+    types = {"tokenizer": tokenizer_type, "conditioner": conditioner_type, "backbone": backbone_type,
+             "solver": solver_type, "codec": codec_type}
+    for role, block_type in types.items():
+        config = {"model_id": model_id} if model_id is not None and role != "solver" else None
+        graph.add_node(role, block_type, config=config, registry=registry, auto_connect=False)  # wired below
+    for source, target in TEXT_TO_IMAGE_EDGES:
+        _connect(graph, source, target)
+    graph.expose_input("tokenizer", "text", "text")
+    for port in ("latent", "timestep"):
+        graph.expose_input("backbone", port, port)
+        graph.expose_input("solver", port, port, fan_out=True)
+    graph.expose_output("codec", "decode_image", "image")
+    graph.metadata["loop_order"] = ["backbone", "solver"]
+    if num_steps is not None:
+        graph.metadata["num_loop_steps"] = num_steps
+    if resolution is not None:
+        graph.metadata["resolution"] = resolution if isinstance(resolution, int) else list(resolution)
+    return graph
+
+
+def diffusers_text_to_image(
     *,
     checkpoint: str | Path,
     solver: str | None = "ddim",
@@ -220,7 +305,7 @@ def generate_and_reconstruct(
     """
     from worldgen.engine.pipeline import Pipeline
 
-    generate = text_to_image(checkpoint=checkpoint, **text_to_image_params)
+    generate = diffusers_text_to_image(checkpoint=checkpoint, **text_to_image_params)
     reconstruct = vae_reconstruct(codec=generate.get_node("codec").block)
     pipeline = Pipeline(pipeline_id)
     pipeline.add_graph(generate, "generate")

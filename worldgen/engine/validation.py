@@ -50,7 +50,7 @@ def validate_graph(graph: Graph) -> ValidationResult:
     no exposed output."""
     errors: list[ValidationIssue] = []
     warnings = [ValidationIssue(str(a), a.target_node, a.target_port) for a in graph.auto_connect_ambiguities]
-    seeded = {(e.node_id, e.port_name) for e in graph.exposed_inputs().values()}
+    seeded = {(e.node_id, e.port_name) for e in graph.exposed_input_ports()}
     loop_position: dict[str, tuple[int, int]] = {}
     for step_index, step in enumerate(graph.plan().steps):
         if step.kind == "cycle":
@@ -86,7 +86,7 @@ def _runs_later(position: dict[str, tuple[int, int]], node_id: str, source: str)
 
 def _reachability_warnings(graph: Graph) -> list[ValidationIssue]:
     node_ids = graph.node_ids
-    starts = {e.node_id for e in graph.exposed_inputs().values()}
+    starts = {e.node_id for e in graph.exposed_input_ports()}
     starts |= {n for n in node_ids if not graph.get_node(n).block.get_input_ports()}
     ends = {e.node_id for e in graph.exposed_outputs().values()}
     forward = reachable(starts, lambda n: (e.target_node for e in graph.get_edges_out(n)))
