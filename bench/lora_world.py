@@ -19,20 +19,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DConditionModel
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for examples.lora_world
+from examples.lora_world import tiny_unet_folder, world_with_creator
 from worldgen import World
 from worldgen.adapters import apply_lora, trainable_parameters
 from worldgen.blocks.diffusion import UNet2DConditionBackbone
 from worldgen.blocks.ports import PortType, input_port, output_port
 from worldgen.blocks.torch_block import TorchBlock
 from worldgen.engine.graph import Graph
-from worldgen.stage_graph import StageGraph
 
 
 class ConditionProjector(TorchBlock):
@@ -52,14 +53,11 @@ class ConditionProjector(TorchBlock):
 
 
 def build_unet(folder: Path) -> Path:
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(64, 128), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+    """The example's tiny UNet, wider: cross-attention on the first level, 128-d condition."""
+    return tiny_unet_folder(
+        folder, block_out_channels=(64, 128), sample_size=16, cross_attention_dim=128,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=128, norm_num_groups=32, attention_head_dim=8,
     )
-    unet.save_pretrained(folder / "unet", safe_serialization=True)
-    return folder
 
 
 def build_world(model_dir: Path, root: Path) -> tuple[World, Graph]:
@@ -72,15 +70,7 @@ def build_world(model_dir: Path, root: Path) -> tuple[World, Graph]:
     graph.expose_input("unet", "latent", "latent")
     graph.expose_input("unet", "timestep", "timestep")
     graph.expose_output("unet", "pred", "pred")
-    creator = StageGraph("creator")
-    creator.add_pipeline(graph, "denoise")
-    creator.set_state_contract([2], [3], mapping_input=[], mapping_output=[])
-    stages = {
-        "philosopher": lambda s: {"block4": "x"}, "author": lambda s: {"block5": "x"},
-        "world_update": lambda s: {}, "development": lambda s: {"block1": "x"},
-        "architect": lambda s: {"block2": "x"}, "creator": creator.as_stage("creator"),
-    }
-    return World(stages, root=root, checkpointer=False), graph
+    return world_with_creator(graph, root), graph
 
 
 def measure(graph: Graph, params: list[torch.nn.Parameter], batch: dict[str, torch.Tensor], steps: int) -> list[float]:

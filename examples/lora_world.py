@@ -23,6 +23,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -37,14 +38,18 @@ from worldgen.stage_graph import StageGraph
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-def tiny_unet_folder(root: Path) -> Path:
-    """A random UNet2DConditionModel with toy sizes, saved as ``root/unet`` (safetensors)."""
+TINY_UNET: dict[str, Any] = {
+    "block_out_channels": (32, 64), "layers_per_block": 1, "sample_size": 8, "in_channels": 4, "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"), "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "cross_attention_dim": 32, "norm_num_groups": 32, "attention_head_dim": 8,
+}
+
+
+def tiny_unet_folder(root: Path, **sizes: Any) -> Path:
+    """A random UNet2DConditionModel with toy sizes (`TINY_UNET`, overridden by `sizes`),
+    saved as ``root/unet`` (safetensors). Also used by ``bench/lora_world.py``."""
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, norm_num_groups=32, attention_head_dim=8,
-    )
+    unet = UNet2DConditionModel(**{**TINY_UNET, **sizes})
     unet.save_pretrained(root / "unet", safe_serialization=True)
     return root
 
@@ -67,8 +72,14 @@ def denoise_pipeline(model_dir: Path) -> Pipeline:
 
 def build_world(model_dir: Path, root: Path) -> tuple[World, Pipeline]:
     pipeline = denoise_pipeline(model_dir)
+    return world_with_creator(pipeline, root), pipeline
+
+
+def world_with_creator(denoise: Graph | Pipeline, root: Path) -> World:
+    """A world whose Creator is a StageGraph running `denoise` (block 2 → block 3); the other
+    transitions are plain functions with no weights. Also used by ``bench/lora_world.py``."""
     creator = StageGraph("creator")
-    creator.add_pipeline(pipeline, "denoise")
+    creator.add_pipeline(denoise, "denoise")
     creator.set_state_contract([2], [3], mapping_input=[], mapping_output=[])
     stages = {
         "philosopher": lambda s: {"block4": "a field of colour"},
@@ -78,7 +89,7 @@ def build_world(model_dir: Path, root: Path) -> tuple[World, Pipeline]:
         "architect": lambda s: {"block2": "a warm sky"},
         "creator": creator.as_stage("creator"),
     }
-    return World(stages, root=root, checkpointer=False), pipeline
+    return World(stages, root=root, checkpointer=False)
 
 
 def training_data(n: int = 8) -> dict[str, torch.Tensor]:

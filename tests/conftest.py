@@ -13,6 +13,24 @@ from langchain_core.messages import AIMessage, BaseMessage
 from worldgen import World
 
 CYCLE = ("philosopher", "author", "world_update", "development", "architect", "creator")
+AFTER_PASS = ["development", "architect", "creator"]
+# The table of world.md §2, one row per case: (blocks the user gives, transitions that run,
+# snapshots taken). Shared by the scripted world and the world with agents inside (check 34).
+TABLE_ROWS = [
+    ((), AFTER_PASS, 0),
+    ((1,), AFTER_PASS, 0),
+    ((1, 2), AFTER_PASS, 0),
+    ((1, 2, 3), ["philosopher", "author", "world_update", *AFTER_PASS], 1),
+    ((1, 2, 3, 4), ["author", "world_update", *AFTER_PASS], 1),
+    ((1, 2, 3, 4, 5), ["world_update", *AFTER_PASS], 1),
+    ((1, 5), AFTER_PASS, 0),
+    ((1, 3), AFTER_PASS, 0),
+]
+
+
+def user_state(*blocks: int) -> dict[str, str]:
+    """The user's input with the given blocks filled ("u1", "u2", ...)."""
+    return {f"block{n}": f"u{n}" for n in blocks}
 
 
 class ScriptedChat(FakeMessagesListChatModel):
@@ -87,6 +105,18 @@ def make_world(tmp_path: Path, log: CallLog):
     yield make
     for w in worlds:
         w.close()
+
+
+@pytest.fixture
+def pool():
+    """A fresh process-default model pool for the test (each test loads its models anew),
+    the old one restored after."""
+    from worldgen.local_models.pool import ModelPool, set_default_pool
+
+    fresh = ModelPool()
+    old = set_default_pool(fresh)
+    yield fresh
+    set_default_pool(old)
 
 
 @pytest.fixture(scope="session")

@@ -89,6 +89,16 @@ def one_node_graph(graph_id: str, block: TorchBlock, node_id: str = "net") -> Gr
     return graph
 
 
+def shared_in_two_graphs(block_name: str, g1_id: str, g2_id: str) -> tuple[TinyMLP, Graph, Graph, Pipeline]:
+    """One TinyMLP used by two one-node graphs of one pipeline (a shared base)."""
+    shared = TinyMLP(block_name)
+    g1, g2 = one_node_graph(g1_id, shared), one_node_graph(g2_id, shared)
+    pipeline = Pipeline("p")
+    pipeline.add_graph(g1)
+    pipeline.add_graph(g2)
+    return shared, g1, g2, pipeline
+
+
 def ids(params) -> set[int]:
     return {id(p) for p in params}
 
@@ -116,10 +126,7 @@ def test_check27_shared_block_listed_once_and_not_when_all_users_frozen() -> Non
 
 
 def test_check27_across_graphs_of_a_pipeline() -> None:
-    shared = TinyMLP("shared")
-    pipeline = Pipeline("p")
-    pipeline.add_graph(one_node_graph("g1", shared))
-    pipeline.add_graph(one_node_graph("g2", shared))
+    _, _, _, pipeline = shared_in_two_graphs("shared", "g1", "g2")
     pipeline.set_trainable("g2", False)
     assert len(list(pipeline.trainable_parameters())) == 4
     pipeline.freeze_others("g2")
@@ -154,11 +161,7 @@ def test_check28_gradient_of_a_shared_linear_is_the_sum_over_its_sites() -> None
 
 # ------------------------------------------------------------------ LoRA: shared and per context
 def test_shared_adapter_is_one_adapter_for_every_use() -> None:
-    shared = TinyMLP("shared")
-    g1, g2 = one_node_graph("g1", shared), one_node_graph("g2", shared)
-    pipeline = Pipeline("p")
-    pipeline.add_graph(g1)
-    pipeline.add_graph(g2)
+    shared, g1, g2, pipeline = shared_in_two_graphs("shared", "g1", "g2")
     x = torch.randn(3, 4)
     base = g1.run({"x": x})["y"]
     lora = apply_lora(pipeline, rank=2, name="style", init_lora_weights=False)
@@ -173,11 +176,7 @@ def test_shared_adapter_is_one_adapter_for_every_use() -> None:
 
 
 def test_check34_per_context_adapters_on_one_base(tmp_path: Path) -> None:
-    shared = TinyMLP("base_net")
-    g1, g2 = one_node_graph("G1", shared), one_node_graph("G2", shared)
-    pipeline = Pipeline("p")
-    pipeline.add_graph(g1)
-    pipeline.add_graph(g2)
+    shared, g1, g2, pipeline = shared_in_two_graphs("base_net", "G1", "G2")
     x = torch.randn(3, 4)
     base = g1.run({"x": x})["y"]
     l1 = apply_lora(g1, rank=2, name="g1", when={"graph_id": "G1"}, init_lora_weights=False)
@@ -369,16 +368,22 @@ def test_trainable_stages_and_freeze_others_on_a_world(tmp_path: Path) -> None:
         world.close()
 
 
-def test_lora_on_the_tiny_diffusers_unet(tiny_sd: Path, tmp_path: Path) -> None:
-    from worldgen.blocks.diffusion import UNet2DConditionBackbone
-
-    # share=False: the pool's UNet is used by other tests; LoRA goes on a private copy
-    unet = UNet2DConditionBackbone("unet", config={"model_id": str(tiny_sd), "share": False})
+def denoise_graph(unet: TorchBlock) -> Graph:
+    """One UNet backbone node, its ports exposed as the graph's."""
     graph = Graph("denoise")
     graph.add_node("unet", unet, auto_connect=False)
     for port in ("latent", "timestep", "condition"):
         graph.expose_input("unet", port, port)
     graph.expose_output("unet", "pred", "pred")
+    return graph
+
+
+def test_lora_on_the_tiny_diffusers_unet(tiny_sd: Path, tmp_path: Path) -> None:
+    from worldgen.blocks.diffusion import UNet2DConditionBackbone
+
+    # share=False: the pool's UNet is used by other tests; LoRA goes on a private copy
+    unet = UNet2DConditionBackbone("unet", config={"model_id": str(tiny_sd), "share": False})
+    graph = denoise_graph(unet)
     inputs = {"latent": torch.randn(1, 4, 8, 8), "timestep": torch.tensor([10]), "condition": torch.randn(1, 5, 32)}
     base = graph.run(inputs)["pred"]
     n_base = sum(p.numel() for p in unet.module.parameters())
@@ -399,12 +404,7 @@ def test_lora_on_the_tiny_diffusers_unet(tiny_sd: Path, tmp_path: Path) -> None:
     assert set(unet.state_dict()) == set(UNet2DConditionBackbone(
         "u2", config={"model_id": str(tiny_sd), "share": False}).state_dict())
 
-    fresh = UNet2DConditionBackbone("unet", config={"model_id": str(tiny_sd), "share": False})
-    graph2 = Graph("denoise")
-    graph2.add_node("unet", fresh, auto_connect=False)
-    for port in ("latent", "timestep", "condition"):
-        graph2.expose_input("unet", port, port)
-    graph2.expose_output("unet", "pred", "pred")
+    graph2 = denoise_graph(UNet2DConditionBackbone("unet", config={"model_id": str(tiny_sd), "share": False}))
     load_lora(graph2, tmp_path / "ad")
     torch.testing.assert_close(graph2.run(inputs)["pred"], tuned)
 

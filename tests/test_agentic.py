@@ -12,14 +12,13 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
 
-from tests.conftest import ScriptedChat
+from tests.conftest import AFTER_PASS, TABLE_ROWS, ScriptedChat, user_state
 from worldgen import World
 from worldgen.agents import AgentAuthor, AgentCreator, AgentDevelopment
 from worldgen.agents.agent import Agent
 from worldgen.blocks import Block, input_port, output_port
 from worldgen.engine import Graph, Pipeline
 
-AFTER_PASS = ["development", "architect", "creator"]
 CONFIG = {"slots": [{"name": "scene", "kind": "image", "prompt": "a lighthouse at dusk"},
                     {"name": "caption", "kind": "text", "prompt": "a line about the keeper"}]}
 
@@ -46,23 +45,10 @@ def three_agents():
     return stages, dev, author, creator
 
 
-def user_state(*blocks: int) -> dict[str, str]:
-    return {f"block{n}": f"u{n}" for n in blocks}
-
-
 # -- the §2 table with all three agents inside (check 34) ---------------------------------
 @pytest.mark.parametrize(
     ("given", "ran", "snaps"),
-    [
-        ((), AFTER_PASS, 0),
-        ((1,), AFTER_PASS, 0),
-        ((1, 2), AFTER_PASS, 0),
-        ((1, 2, 3), ["philosopher", "author", "world_update", *AFTER_PASS], 1),
-        ((1, 2, 3, 4), ["author", "world_update", *AFTER_PASS], 1),
-        ((1, 2, 3, 4, 5), ["world_update", *AFTER_PASS], 1),
-        ((1, 5), AFTER_PASS, 0),
-        ((1, 3), AFTER_PASS, 0),
-    ],
+    TABLE_ROWS,
 )
 def test_table_row_with_three_agents(make_world, log, given, ran, snaps):
     stages, dev, author, creator = three_agents()

@@ -9,7 +9,6 @@ import base64
 import json
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ from worldgen.local_models.pool import (
     ModelNotFoundError,
     ModelPool,
     model_nbytes,
-    set_default_pool,
 )
 from worldgen.local_models.safety import PickleCheckpointError
 from worldgen.tools.local_models import (
@@ -47,15 +45,6 @@ WORDS = ["a", "red", "blue", "cube", "hill", "the", "sea", "of", "picture", "tow
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture
-def pool() -> Iterator[ModelPool]:
-    """A fresh process-default pool for the test, the old one restored after."""
-    fresh = ModelPool()
-    old = set_default_pool(fresh)
-    yield fresh
-    set_default_pool(old)
-
-
 def _word_tokenizer():
     """A WordLevel tokenizer with BERT's specials, built in memory (no files, no hub)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,19 +19,9 @@ from worldgen.local_models.pool import (
     default_pool,
     model_nbytes,
     resolve_pool,
-    set_default_pool,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture
-def pool() -> Iterator[ModelPool]:
-    """A fresh process-default pool for the test, the old one restored after."""
-    fresh = ModelPool()
-    old = set_default_pool(fresh)
-    yield fresh
-    set_default_pool(old)
 
 
 def linear_loader(calls: list[int], size: int = 8, delay: float = 0.0):

@@ -140,18 +140,7 @@ def test_tool_with_save_returns_the_reference() -> None:
 
 
 
-@pytest.fixture
-def fresh_pool():
-    """Each test reads the checkpoint anew: the process pool would otherwise share it."""
-    from worldgen.local_models.pool import ModelPool, set_default_pool
-
-    pool = ModelPool()
-    previous = set_default_pool(pool)
-    yield pool
-    set_default_pool(previous)
-
-
-def test_diffusers_renders_deterministically_and_loads_once(tiny_sd: Path, fresh_pool) -> None:
+def test_diffusers_renders_deterministically_and_loads_once(tiny_sd: Path, pool) -> None:
     r = resolve_text_to_image(f"diffusers:{tiny_sd}")
     assert isinstance(r, DiffusersTextToImage) and r.loads == 0  # lazy
     a = r("a red castle", width=32, height=32, seed=11, num_inference_steps=2)
@@ -167,7 +156,7 @@ def test_diffusers_honours_size(tiny_sd: Path) -> None:
     assert im.size == (64, 32)
 
 
-def test_diffusers_concurrent_first_use_loads_once(tiny_sd: Path, fresh_pool) -> None:
+def test_diffusers_concurrent_first_use_loads_once(tiny_sd: Path, pool) -> None:
     r = DiffusersTextToImage(tiny_sd)
     out: list[Image.Image] = []
     threads = [threading.Thread(target=lambda: out.append(r("sea", width=32, height=32, seed=1, num_inference_steps=2))) for _ in range(3)]
@@ -178,10 +167,10 @@ def test_diffusers_concurrent_first_use_loads_once(tiny_sd: Path, fresh_pool) ->
     assert r.loads == 1 and len(out) == 3 and len({im.tobytes() for im in out}) == 1
 
 
-def test_two_renderers_on_one_folder_share_one_pipeline(tiny_sd: Path, fresh_pool) -> None:
+def test_two_renderers_on_one_folder_share_one_pipeline(tiny_sd: Path, pool) -> None:
     a, b = DiffusersTextToImage(tiny_sd), DiffusersTextToImage(tiny_sd)
     assert a.load() is b.load()
-    assert a.loads + b.loads == 1 and fresh_pool.stats()["loads"] == 1
+    assert a.loads + b.loads == 1 and pool.stats()["loads"] == 1
 
 
 def test_diffusers_missing_or_invalid_folder(tmp_path: Path) -> None:

@@ -8,31 +8,18 @@ import pytest
 from langchain_core.runnables import RunnableLambda
 from langgraph.graph import START, StateGraph
 
+from tests.conftest import AFTER_PASS, TABLE_ROWS, user_state
 from worldgen import Stage, TransitionError, World, WorldState
 from worldgen.stage import StageInput
 from worldgen.state import StateError
 
 FULL = {"block1": "u1", "block2": "u2", "block3": "u3", "block4": "u4", "block5": "u5"}
-AFTER_PASS = ["development", "architect", "creator"]
-
-
-def user_state(*blocks: int) -> dict[str, str]:
-    return {f"block{n}": f"u{n}" for n in blocks}
 
 
 # -- the table of world.md §2, one row per case --------------------------------------------
 @pytest.mark.parametrize(
     ("given", "ran", "snaps"),
-    [
-        ((), AFTER_PASS, 0),
-        ((1,), AFTER_PASS, 0),
-        ((1, 2), AFTER_PASS, 0),
-        ((1, 2, 3), ["philosopher", "author", "world_update", *AFTER_PASS], 1),
-        ((1, 2, 3, 4), ["author", "world_update", *AFTER_PASS], 1),
-        ((1, 2, 3, 4, 5), ["world_update", *AFTER_PASS], 1),
-        ((1, 5), AFTER_PASS, 0),
-        ((1, 3), AFTER_PASS, 0),
-    ],
+    TABLE_ROWS,
 )
 def test_table_row(make_world, log, given, ran, snaps):
     world = make_world()

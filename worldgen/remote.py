@@ -38,6 +38,7 @@ from typing import Any
 from typing_extensions import TypedDict
 
 from worldgen.blocks.ports import PortType
+from worldgen.stage import StageBlocks
 
 __all__ = [
     "API_KEY_ENV",
@@ -249,13 +250,7 @@ class _PipelineWire(TypedDict, total=False):
     outputs: dict[str, Any]
 
 
-class _StageWire(TypedDict, total=False):
-    block1: dict[str, Any] | None
-    block2: dict[str, Any] | None
-    block3: dict[str, Any] | None
-    block4: dict[str, Any] | None
-    block5: dict[str, Any] | None
-    action: str | None
+class _StageWire(StageBlocks, total=False):
     artifacts: dict[str, str]
 
 

@@ -45,8 +45,9 @@ CYCLE: tuple[str, ...] = (
 TRANSITIONS = frozenset(CYCLE)
 
 
-class StageInput(TypedDict, total=False):
-    """What a stage implementation receives. ``world`` is a ``WorldContent`` (not in graphs)."""
+class StageBlocks(TypedDict, total=False):
+    """The five blocks (block documents, or None) and the user's action: what a stage reads,
+    locally (`StageInput`) or over the wire (``worldgen.remote.serve_stage``)."""
 
     block1: dict[str, Any] | None
     block2: dict[str, Any] | None
@@ -54,6 +55,11 @@ class StageInput(TypedDict, total=False):
     block4: dict[str, Any] | None
     block5: dict[str, Any] | None
     action: str | None
+
+
+class StageInput(StageBlocks, total=False):
+    """What a stage implementation receives. ``world`` is a ``WorldContent`` (not in graphs)."""
+
     world: Any
 
 

@@ -25,7 +25,6 @@ interleaves) its memory; concurrent calls on the same Agent are not supported.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
@@ -50,6 +49,7 @@ from langgraph.graph.message import add_messages
 from langgraph.prebuilt import ToolNode, tools_condition
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from worldgen.blocks.api import message_text
 from worldgen.blocks.base import Block
 from worldgen.blocks.ports import PortType
 from worldgen.blocks.registry import register_block
@@ -307,7 +307,7 @@ class Agent(AgentRole):
             )
             if match is not None:
                 unused.remove(match)
-            content = _SKIPPED if match is None else _content(match.get("result"))
+            content = _SKIPPED if match is None else message_text(match.get("result"))
             self.memory.append(ToolMessage(content, tool_call_id=call.get("id") or "", name=call["name"]))
 
     def _finish(self, start: int, out: Mapping[str, Any]) -> AgentResult:
@@ -383,19 +383,10 @@ def _to_messages(input: Any) -> list[BaseMessage]:
     if isinstance(input, Mapping):
         if "messages" in input:
             return convert_to_messages(input["messages"])
-        return [HumanMessage(_content(dict(input)))]
+        return [HumanMessage(message_text(dict(input)))]
     if isinstance(input, Sequence):
         return convert_to_messages(list(input))
-    return [HumanMessage(_content(input))]
-
-
-def _content(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        return str(value)
+    return [HumanMessage(message_text(input))]
 
 
 def _trim(messages: list[BaseMessage], limit: int | None) -> list[BaseMessage]:

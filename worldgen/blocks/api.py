@@ -232,8 +232,8 @@ class LlmApi(ApiBlock, LLM):
         if isinstance(context, (list, tuple)):
             messages.extend(convert_to_messages(list(context)))
         elif context is not None:
-            messages.append(HumanMessage(f"Context:\n{_as_text(context)}"))
-        messages.append(HumanMessage(_as_text(inputs["prompt"])))
+            messages.append(HumanMessage(f"Context:\n{message_text(context)}"))
+        messages.append(HumanMessage(message_text(inputs["prompt"])))
         params = _params(self, inputs)
 
         def request(client: ApiClient) -> str:
@@ -244,7 +244,9 @@ class LlmApi(ApiBlock, LLM):
         return {"text": self._call("chat completion", request)}
 
 
-def _as_text(value: Any) -> str:
+def message_text(value: Any) -> str:
+    """A value as the text of a chat message: a string as is, anything else as JSON (or
+    ``str`` when it does not serialise). Shared by `LlmApi` and the agents' inputs."""
     if isinstance(value, str):
         return value
     import json

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "ApiClient",
     "ApiConfigError",
     "ClientKey",
+    "ClientOptions",
     "cached_clients",
     "clear_clients",
     "get_client",
@@ -106,6 +107,15 @@ def _clean_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = host + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword options of `ClientKey.make` (and so of `get_client`); defaults there."""
+
+    endpoint_url: str | None
+    api_key_env: str | None
+    max_retries: int
+    timeout: float | None
 
 
 @dataclass(frozen=True)
@@ -270,24 +280,16 @@ _CLIENTS_LOCK = threading.Lock()
 
 
 def get_client(
-    provider: str | None,
-    model_id: str,
-    *,
-    endpoint_url: str | None = None,
-    api_key_env: str | None = None,
-    max_retries: int = 2,
-    timeout: float | None = 60.0,
-    check_key: bool = True,
+    provider: str | None, model_id: str, *, check_key: bool = True, **options: Unpack[ClientOptions]
 ) -> ApiClient:
     """The process's client for this model (created on first use; no request is made).
+    `options` (``endpoint_url``, ``api_key_env``, ``max_retries``, ``timeout``) are those of
+    `ClientKey.make`.
 
     With `check_key`, a missing required key variable raises `ApiConfigError` now rather than
     at the first request.
     """
-    key = ClientKey.make(
-        provider, model_id, endpoint_url=endpoint_url, api_key_env=api_key_env,
-        max_retries=max_retries, timeout=timeout,
-    )
+    key = ClientKey.make(provider, model_id, **options)
     client = _CLIENTS.get(key)
     if client is None:
         with _CLIENTS_LOCK:

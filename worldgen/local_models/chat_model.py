@@ -291,26 +291,33 @@ class ChatTransformers(BaseChatModel):
             self._model, self._tokenizer = self._loader()
         return self._model, self._tokenizer
 
-    def _tool_turn(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> _ToolTurn:
+    def _sampling(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The loaded model and this call's sampling settings (call arguments over the
+        defaults): the shared fields of `_Run` and `_Decoder`."""
         unknown = set(kwargs) - _KNOWN_CALL_KWARGS
         if unknown:
             logger.warning("ChatTransformers ignores unsupported call arguments: %s", sorted(unknown))
         model, tokenizer = self._resources()
+        return {
+            "model": model,
+            "tokenizer": tokenizer,
+            "model_ref": self.model_ref,
+            "temperature": float(kwargs.get("temperature", self.temperature)),
+            "top_p": float(kwargs.get("top_p", self.top_p)),
+            "seed": kwargs.get("seed", self.seed),
+            "repetition_penalty": float(kwargs.get("repetition_penalty", self.repetition_penalty)),
+        }
+
+    def _tool_turn(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> _ToolTurn:
+        sampling = self._sampling(kwargs)
+        tokenizer = sampling["tokenizer"]
         tools = list(kwargs["tools"])
         chat = _to_tool_chat(messages, tools)
         prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         choice = _tool_choice(kwargs.get("tool_choice"), [t["function"]["name"] for t in tools])
 
         def turn(choice: str) -> _ToolTurn:
-            decoder = _Decoder(
-                model=model,
-                tokenizer=tokenizer,
-                model_ref=self.model_ref,
-                temperature=float(kwargs.get("temperature", self.temperature)),
-                top_p=float(kwargs.get("top_p", self.top_p)),
-                seed=kwargs.get("seed", self.seed),
-                repetition_penalty=float(kwargs.get("repetition_penalty", self.repetition_penalty)),
-            )
+            decoder = _Decoder(**sampling)
             out = _ToolTurn(decoder, tools, choice, max_new_tokens=int(kwargs.get("max_new_tokens", self.max_new_tokens)))
             out.run(prompt)
             return out
@@ -326,11 +333,9 @@ class ChatTransformers(BaseChatModel):
         return first
 
     def _start(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Run:
-        unknown = set(kwargs) - _KNOWN_CALL_KWARGS
-        if unknown:
-            logger.warning("ChatTransformers ignores unsupported call arguments: %s", sorted(unknown))
+        sampling = self._sampling(kwargs)
+        tokenizer = sampling["tokenizer"]
         json_mode = _is_json_mode(kwargs.get("response_format"))
-        model, tokenizer = self._resources()
         chat = _to_chat(messages)
         # A trailing assistant message is the start of the reply (prefill).
         started = chat.pop()["content"] if chat and chat[-1]["role"] == "assistant" else ""
@@ -343,18 +348,12 @@ class ChatTransformers(BaseChatModel):
         # plain text returns the continuation only.
         prefill = started if json_mode else ""
         return _Run(
-            model=model,
-            tokenizer=tokenizer,
-            model_ref=self.model_ref,
+            **sampling,
             prompt=prompt + started,
             prefill=prefill,
             stop=[s for s in (stop or []) if s],
             json_mode=json_mode,
             max_new_tokens=int(kwargs.get("max_new_tokens", self.max_new_tokens)),
-            temperature=float(kwargs.get("temperature", self.temperature)),
-            top_p=float(kwargs.get("top_p", self.top_p)),
-            seed=kwargs.get("seed", self.seed),
-            repetition_penalty=float(kwargs.get("repetition_penalty", self.repetition_penalty)),
         )
 
 
@@ -410,24 +409,55 @@ _JSON_MAX_BLANKS = 24
 
 
 @dataclass
-class _Run:
-    """One decoding run: yields text pieces, then knows why it stopped and token counts."""
+class _Sampling:
+    """A loaded model, how to sample from it, and the token counts of one reply: what a
+    plain / JSON-mode `_Run` and a tool-mode `_Decoder` share."""
 
     model: Any
     tokenizer: Any
     model_ref: str
+    temperature: float
+    top_p: float
+    seed: int | None
+    #: applied to prose only (plain text, JSON string values); JSON punctuation must repeat
+    repetition_penalty: float = 1.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def _begin(self) -> tuple[set[int], dict[str, Any], Any]:
+        """End-of-sequence ids, extra forward arguments, and the sampling generator (seeded;
+        None when greedy)."""
+        import torch
+
+        eos = _eos_ids(self.model, self.tokenizer)
+        extra = {"logits_to_keep": 1} if _accepts(self.model, "logits_to_keep") else {}
+        generator = None
+        if self.temperature > 0:
+            generator = torch.Generator()
+            generator.manual_seed(self.seed if self.seed is not None else int(torch.seed()))
+        return eos, extra, generator
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.input_tokens + self.output_tokens,
+        }
+
+
+@dataclass(kw_only=True)
+class _Run(_Sampling):
+    """One decoding run: yields text pieces, then knows why it stopped and token counts."""
+
     prompt: str
     prefill: str
     stop: list[str]
     json_mode: bool
     max_new_tokens: int
-    temperature: float
-    top_p: float
-    seed: int | None
-    repetition_penalty: float = 1.0
     finish_reason: str = "length"
-    input_tokens: int = 0
-    output_tokens: int = 0
 
     def pieces(self) -> Iterator[str]:
         return self._json_pieces() if self.json_mode else self._text_pieces()
@@ -479,12 +509,7 @@ class _Run:
                 f"prompt of {self.input_tokens} tokens + {self.max_new_tokens} new tokens exceeds "
                 f"the {limit}-token context of {self.model_ref}"
             )
-        eos = _eos_ids(self.model, self.tokenizer)
-        extra = {"logits_to_keep": 1} if _accepts(self.model, "logits_to_keep") else {}
-        generator = None
-        if self.temperature > 0:
-            generator = torch.Generator()
-            generator.manual_seed(self.seed if self.seed is not None else int(torch.seed()))
+        eos, extra, generator = self._begin()
         tries = 1 if guide is None else _JSON_CANDIDATES
         penalty = None
         if self.repetition_penalty > 1.0 and guide is None:  # JSON must repeat its punctuation
@@ -529,18 +554,8 @@ class _Run:
                 return
             step_input = torch.tensor([[chosen]], dtype=ids.dtype)
 
-    def _decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
     def response_metadata(self) -> dict[str, Any]:
         return {"finish_reason": self.finish_reason, "model_name": self.model_ref}
-
-    def usage(self) -> dict[str, int]:
-        return {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "total_tokens": self.input_tokens + self.output_tokens,
-        }
 
 
 def _candidates(logits: Any, temperature: float, top_p: float, generator: Any, limit: int) -> Iterator[int]:
@@ -875,33 +890,16 @@ def _to_tool_chat(messages: list[BaseMessage], tools: Sequence[dict[str, Any]]) 
 
 
 @dataclass
-class _Decoder:
+class _Decoder(_Sampling):
     """Incremental decoding over one KV cache, with text that is either forced (fed to the
     model as given) or chosen by the model under a constraint."""
 
-    model: Any
-    tokenizer: Any
-    model_ref: str
-    temperature: float
-    top_p: float
-    seed: int | None
-    #: applied inside string values only (prose); JSON punctuation must repeat
-    repetition_penalty: float = 1.0
     text: str = ""
-    input_tokens: int = 0
-    output_tokens: int = 0
 
     def start(self, prompt: str) -> None:
-        import torch
-
         self._cache: Any = None
         self._logits: Any = None
-        self._eos = _eos_ids(self.model, self.tokenizer)
-        self._extra = {"logits_to_keep": 1} if _accepts(self.model, "logits_to_keep") else {}
-        self._generator = None
-        if self.temperature > 0:
-            self._generator = torch.Generator()
-            self._generator.manual_seed(self.seed if self.seed is not None else int(torch.seed()))
+        self._eos, self._extra, self._generator = self._begin()
         ids = self._encode(prompt)
         self.input_tokens = len(ids)
         self._fed = 0
@@ -910,9 +908,6 @@ class _Decoder:
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def _decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def _feed(self, ids: list[int]) -> None:
         import torch
@@ -1143,9 +1138,7 @@ class _ToolTurn:
         return meta
 
     def usage(self) -> dict[str, int]:
-        d = self.decoder
-        return {"input_tokens": d.input_tokens, "output_tokens": d.output_tokens,
-                "total_tokens": d.input_tokens + d.output_tokens}
+        return self.decoder.usage()
 
 
 def _call_key(name: str, args: Any) -> str:

@@ -85,6 +85,31 @@ def _folder(path: str | os.PathLike[str]) -> Path:
     return Path(path).expanduser().resolve()
 
 
+def _local_tool(
+    run: Callable[..., Any],
+    *,
+    name: str,
+    description: str,
+    args_schema: type[BaseModel],
+    arun: Callable[..., Any] | None = None,
+    artifact: bool = False,
+) -> BaseTool:
+    """`run` as a structured tool. Its async twin is `arun`, or else `run` in a worker thread
+    (loading a model and its forward pass block; they must stay off the event loop)."""
+
+    async def in_thread(*args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(run, *args, **kwargs)
+
+    return StructuredTool.from_function(
+        func=run,
+        coroutine=arun or in_thread,
+        name=name,
+        description=description,
+        args_schema=args_schema,
+        **({"response_format": "content_and_artifact"} if artifact else {}),
+    )
+
+
 def _missing(folder: Path, what: str, requested_by: str | None = None) -> ModelNotFoundError:
     """The pool's "not found" error (names the ref and who asked), raised before any load."""
     cause = FileNotFoundError(f"{what} folder does not exist (local folders only; nothing is downloaded)")
@@ -167,19 +192,15 @@ def text_to_image_tool(
         image.info.update(renderer=f"graph:text_to_image:{folder}", prompt=prompt, seed=seed)
         return write(image), image
 
-    async def arun(prompt: str, negative_prompt: str = "", seed: int | None = None) -> tuple[str, Image.Image]:
-        return await asyncio.to_thread(run, prompt, negative_prompt, seed)
-
-    return StructuredTool.from_function(
-        func=run,
-        coroutine=arun,
+    return _local_tool(
+        run,
         name=name,
         description=(
             f"Render a {width}x{height} image from a text prompt with the local diffusion model "
             f"{folder.name!r}; returns {'a base64 PNG data URL' if output == 'base64' and save is None else 'a reference to the PNG'}."
         ),
         args_schema=TextToImageToolArgs,
-        response_format="content_and_artifact",
+        artifact=True,
     )
 
 
@@ -241,9 +262,9 @@ def text_generation_tool(
         reply = await chat.ainvoke(messages(prompt), **overrides(max_new_tokens, temperature))
         return str(reply.content)
 
-    return StructuredTool.from_function(
-        func=run,
-        coroutine=arun,
+    return _local_tool(
+        run,
+        arun=arun,
         name=name,
         description=description or f"Generate text with the local language model {Path(chat.model_ref).name!r}.",
         args_schema=TextGenerationArgs,
@@ -392,12 +413,8 @@ def image_description_tool(
         loaded = load_image_to_text(path, pool=pool, allow_pickle=allow_pickle, requested_by=f"tool {name!r}")
         return loaded.describe(picture, prompt, max_new_tokens)
 
-    async def arun(image: str, prompt: str | None = None, max_new_tokens: int = 40) -> str:
-        return await asyncio.to_thread(run, image, prompt, max_new_tokens)
-
-    return StructuredTool.from_function(
-        func=run,
-        coroutine=arun,
+    return _local_tool(
+        run,
         name=name,
         description=description or f"Describe what an image shows, with the local model {path.name!r}.",
         args_schema=ImageDescriptionArgs,
@@ -543,13 +560,13 @@ def embedding_tool(
         q = await emb.aembed_query(query) if query is not None else None
         return rank(texts, query, vectors, q), vectors
 
-    return StructuredTool.from_function(
-        func=run,
-        coroutine=arun,
+    return _local_tool(
+        run,
+        arun=arun,
         name=name,
         description=description or "Embed texts as vectors, or rank texts by meaning against a query.",
         args_schema=EmbeddingArgs,
-        response_format="content_and_artifact",
+        artifact=True,
     )
 
 
