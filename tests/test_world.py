@@ -437,3 +437,26 @@ def test_dry_run_checks_its_arguments_like_a_run(make_world):
         world.invoke(num_steps=0, dry_run=True)
     with pytest.raises(TypeError, match="action"):
         world.invoke(action=5, dry_run=True)
+
+
+def test_check30_stages_with_one_checkpoint_share_one_model_and_train_it_once(tmp_path, log, tiny_sd):
+    """world.md check 30: two stages on one checkpoint_ref hold one object; the world's
+    trainable parameters list it once."""
+    from worldgen.stage_graph import StageGraph
+
+    creator = Stage.from_template("creator_stage", checkpoint=tiny_sd, num_inference_steps=1, height=32, width=32)
+    again = Stage.from_template("creator_stage", checkpoint=tiny_sd, num_inference_steps=1, height=32, width=32)
+    # the second text_to_image stage graph, held as the Philosopher's inner graph (never run here)
+    philosopher = Stage("philosopher", again.stage_graph)
+    assert isinstance(philosopher.impl, StageGraph)
+
+    def unet(stage: Stage):
+        return stage.stage_graph.get_node("text_to_image").get_graph("text_to_image").get_node("backbone").block
+
+    assert unet(creator) is not unet(again) and unet(creator).module is unet(again).module
+    with World.from_template("canon", root=tmp_path / "w",
+                             stages={**log.stages(), "creator": creator, "philosopher": philosopher}) as world:
+        params = world.trainable_parameters()
+        assert len({id(p) for p in params}) == len(params) > 0
+        unet_params = {id(p) for p in unet(creator).module.parameters()}
+        assert unet_params <= {id(p) for p in params}
