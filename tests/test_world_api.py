@@ -105,8 +105,8 @@ def test_failing_endpoint_is_a_transition_error_and_the_world_resumes(stub, tmp_
         # philosopher reads the image itself (no model) and asks the model about the caption
         assert error.transition == "philosopher" and str(error).startswith("philosopher: ")
         assert "503" in str(error) and SECRET not in str(error)
-        assert is_transient(error)  # the cause is an HTTP 503: a RetryPolicy may retry the transition
-        assert len(stub.failures) == 3  # ChatOpenAI's client: one try + two retries with backoff
+        assert is_transient(error)  # the cause is an HTTP 503: the world's RetryPolicy retried it
+        assert len(stub.failures) == 9  # 3 attempts of the transition × (one try + two client retries)
         assert world.state == before  # nothing written by the failed run
 
         stub.recover()
@@ -122,6 +122,14 @@ def test_transient_failures_are_absorbed_by_the_client(stub, tmp_path) -> None:
         stub.fail_next(2, 429)
         result = world.invoke()
         assert result.ran() == ["development", "architect", "creator"] and len(stub.failures) == 2
+
+
+def test_an_outage_longer_than_the_client_retries_is_outlasted_by_the_world_retry(stub, tmp_path) -> None:
+    with api_world(stub, tmp_path / "w") as world:
+        stub.fail_next(4, 503)  # the client gives up after 3; LangGraph's RetryPolicy runs the transition again
+        result = world.invoke()
+        assert result.ran() == ["development", "architect", "creator"] and len(stub.failures) == 4
+        assert world.state.filled() == {1, 2, 3}
 
 
 def test_agentic_development_calls_tools_through_the_api(stub, tmp_path) -> None:

@@ -885,9 +885,15 @@ def _coerce_block(transition: str, n: int, value: Any) -> dict[str, Any] | None:
 
 
 def _is_retryable(exc: BaseException) -> bool:
+    """Retry a transition on bad model output (the canon re-asks) and on an API outage
+    (HTTP 429/5xx, timeouts, dropped connections) the model client's own retries did not
+    outlast; anything else fails at once."""
     from worldgen.agents.base import ModelOutputError
+    from worldgen.blocks.api_clients import is_transient
 
-    return isinstance(exc, TransitionError) and isinstance(exc.__cause__, ModelOutputError)
+    if not isinstance(exc, TransitionError):
+        return False
+    return isinstance(exc.__cause__, ModelOutputError) or is_transient(exc)
 
 
 def _canon_stages(
