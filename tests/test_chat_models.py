@@ -20,7 +20,8 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from tests.test_local_models import build_tiny_llm, build_tiny_tokenizer
 from worldgen.chat_models import model_accepts_images, resolve_chat_model
 from worldgen.local_models import ChatTransformers, gguf, load_local_chat_model
-from worldgen.local_models.chat_model import _JsonState, _to_chat
+from worldgen.local_models.chat_template import to_chat
+from worldgen.local_models.json_guide import JsonState
 
 JSON = {"type": "json_object"}
 
@@ -191,7 +192,7 @@ def test_json_prefix_checker_on_every_prefix() -> None:
     doc = '{"a": [1, -0.5e+2, true, null, {"b": "x\\u00e9\\"}"}], "c": {}, "d": []}'
     closable = 0
     for end in range(1, len(doc) + 1):
-        state = _JsonState()
+        state = JsonState()
         assert state.feed(doc[:end])
         closing = state.completion()
         if closing is not None:
@@ -199,7 +200,7 @@ def test_json_prefix_checker_on_every_prefix() -> None:
             closable += 1
     assert state.done and closable > 20
     for bad in ('{"a" 1}', '{"a": 01}', '{"a": [1,]}', '{"a": "x\ny"}', '{"a": 1}}', "{'a': 1}"):
-        state = _JsonState()
+        state = JsonState()
         assert not (state.feed(bad) and state.done), bad
 
 
@@ -220,7 +221,7 @@ def test_image_blocks_are_dropped_and_profile_says_no_images(tiny: ChatTransform
             {"type": "text", "text": "this"},
         ]
     )
-    assert _to_chat([message]) == [{"role": "user", "content": "describe\nthis"}]
+    assert to_chat([message]) == [{"role": "user", "content": "describe\nthis"}]
     chat = scripted(tokenizer, "ok")
     assert chat.invoke([message]).content == "ok"
     assert "AAAA" not in tokenizer.decode(chat._model.prompts[-1][0])

@@ -367,10 +367,10 @@ def test_tool_conversation_is_rendered_as_the_json_the_model_writes() -> None:
     from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
     from langchain_core.utils.function_calling import convert_to_openai_tool
 
-    from worldgen.local_models.chat_model import _to_tool_chat
+    from worldgen.local_models.tool_calls import to_tool_chat
 
     tools = [convert_to_openai_tool(t) for t in _tools()]
-    chat = _to_tool_chat([
+    chat = to_tool_chat([
         SystemMessage("Be brief."),
         HumanMessage("what is x?"),
         AIMessage("", tool_calls=[{"name": "lookup", "args": {"key": "x"}, "id": "c1"}]),
@@ -388,14 +388,14 @@ def test_tool_conversation_is_rendered_as_the_json_the_model_writes() -> None:
 def test_a_repeated_call_becomes_an_answer(tiny_chat, monkeypatch: pytest.MonkeyPatch) -> None:
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-    from worldgen.local_models import chat_model
+    from worldgen.local_models import tool_calls
 
-    real = chat_model._Decoder.choose
+    real = tool_calls.Decoder.choose
 
     def prefer_calling(self, options):  # a model that always wants the tool
         return real(self, [o for o in options if o.startswith('{"tool"')] or options)
 
-    monkeypatch.setattr(chat_model._Decoder, "choose", prefer_calling)
+    monkeypatch.setattr(tool_calls.Decoder, "choose", prefer_calling)
     bound = tiny_chat.bind_tools([_tools()[2]])
     assert bound.invoke("paint").tool_calls  # nothing asked yet: it calls
     history = [HumanMessage("paint both")]
