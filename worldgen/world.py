@@ -41,7 +41,7 @@ from worldgen.files import atomic_write
 from worldgen.stage import CYCLE, Condition, Stage, StageImpl, TransitionError
 from worldgen.state import BLOCK_NUMBERS, BLOCK_TYPES, StateError, WorldState, block_key
 from worldgen.storage import open_checkpointer, open_store
-from worldgen.world_config import SCHEMA_VERSION, WorldConfig, check_cycle, is_code, stage_entry
+from worldgen.world_config import SCHEMA_VERSION, LoraPolicy, WorldConfig, check_version, stage_entry
 
 __all__ = ["TraceEvent", "World", "WorldConfig", "WorldHook", "WorldResult", "SCHEMA_VERSION"]
 
@@ -148,7 +148,7 @@ class World:
             raise ValueError(f"the world needs a stage for {', '.join(missing)}")
         self.stages: dict[str, Stage] = {t: Stage.coerce(t, stages[t]) for t in CYCLE}
         #: the order transitions run in (the config's ``cycle``; the canon's by default)
-        self.cycle: tuple[str, ...] = tuple(check_cycle(self.config.cycle))
+        self.cycle: tuple[str, ...] = tuple(self.config.cycle)  # checked by WorldConfig
         self._index = {t: i for i, t in enumerate(self.cycle)}
         self._conditions: dict[str, Condition] = {t: s.condition for t, s in self.stages.items()}
         self.root = Path(root) if root is not None else Path("worlds") / self.config.world_id
@@ -277,10 +277,7 @@ class World:
         agents: bool | None = None,
     ) -> World:
         """Reopen a world from its root; it continues where it stopped."""
-        path = Path(root) / "world.yaml"
-        if not path.exists():
-            raise FileNotFoundError(f"{root}: no world.yaml here; create a world with World.from_template")
-        return cls.from_config(path, root=root, llm=llm, text_to_image=text_to_image, stages=stages, review=review,
+        return cls.from_config(root, root=root, llm=llm, text_to_image=text_to_image, stages=stages, review=review,
                                agents=agents)
 
     # -- saving ---------------------------------------------------------------------------
@@ -306,7 +303,9 @@ class World:
         config.dump(directory / "config.yaml")
         meta: dict[str, Any] = {
             "world_id": self.world_id, "cycle": list(self.cycle), "schema_version": SCHEMA_VERSION,
-            "stages": sorted(entries), "code_stages": [t for t in self.cycle if is_code(self.stages[t])],
+            "stages": sorted(entries),
+            # neither saved nor the canon's: code, given again to World.load(stages=...)
+            "code_stages": [t for t in self.cycle if t not in entries and not self.stages[t].canon],
         }
         if with_state:
             state = self.state.to_channels()
@@ -334,11 +333,7 @@ class World:
         if not meta_path.exists():
             raise FileNotFoundError(f"{directory}: no {WORLD_META_FILE}; not a folder written by World.save")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(
-                f"{meta_path}: schema_version {meta.get('schema_version')!r} is not supported "
-                f"(this worldgen reads {SCHEMA_VERSION})"
-            )
+        check_version(meta.get("schema_version"), str(meta_path))
         config = WorldConfig.load(directory / "config.yaml")
         missing = [t for t in meta.get("code_stages", ()) if t not in (stages or {})]
         if missing:
@@ -448,7 +443,8 @@ class World:
         if parsed is None and action is None and thread not in self._settled and self.interrupted(thread):
             return None
         inputs: dict[str, Any] = {"num_steps": num_steps, "action": action}
-        if parsed is None and self._initial_state is not None and not self._has_state(thread):
+        if parsed is None and self._initial_state is not None and thread not in self._settled \
+                and not self._has_state(thread):
             parsed = self._initial_state  # load_last_state / World.load: a fresh thread starts from it
         if parsed is not None:
             inputs.update(parsed.to_channels())
@@ -567,12 +563,10 @@ class World:
         ``rank`` and ``targets`` default to the config's ``lora`` policy."""
         from worldgen.adapters import apply_lora
 
-        policy = self.config.lora
-        rank = rank if rank is not None else (policy.rank if policy else 8)
-        targets = targets if targets is not None else (policy.targets or None if policy else None)
-        if "alpha" not in options and policy is not None and policy.alpha is not None:
-            options["alpha"] = policy.alpha
-        return apply_lora(self, rank=rank, targets=targets, **options)
+        policy = self.config.lora or LoraPolicy()
+        options.setdefault("alpha", policy.alpha)
+        rank = rank if rank is not None else policy.rank
+        return apply_lora(self, rank=rank, targets=targets if targets is not None else policy.targets or None, **options)
 
     def trainable_parameters(self) -> list[Any]:
         """The parameters an optimizer gets, each once; with the config's ``trainable_stages``

@@ -29,14 +29,20 @@ __all__ = [
     "StorageConfig",
     "WorldConfig",
     "check_cycle",
-    "is_code",
+    "check_version",
     "stage_entry",
 ]
 
 SCHEMA_VERSION = 1
 
-#: preset execution conditions by name (world.md §3 ``set_execution_condition``)
-_PRESETS = {"philosopher": "philosopher", "author": "author", "world_update": "world_update"}
+#: transitions whose canon condition can be named as a preset (world.md §3 ``set_execution_condition``)
+_PRESETS = ("philosopher", "author", "world_update")
+
+
+def check_version(version: Any, where: str) -> None:
+    """One schema version is read; anything else is a clear error naming the file."""
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"{where}: schema_version {version!r} is not supported (this worldgen reads {SCHEMA_VERSION})")
 
 
 def check_cycle(ids: Any, known: Any = CYCLE) -> list[str]:
@@ -117,7 +123,7 @@ class StageEntry(BaseModel):
         if cond is None:
             return CANON[transition].condition
         if isinstance(cond, str):
-            return CANON[_PRESETS[cond]].condition
+            return CANON[cond].condition
         return Condition(requires=tuple(cond), produces=CANON[transition].condition.produces)
 
     def build(self, transition: str, base: Path) -> Stage:
@@ -200,11 +206,7 @@ class WorldConfig(BaseModel):
             return data
         if not isinstance(data, Mapping):
             raise ValueError(f"{where}: a world config is a mapping, got {type(data).__name__}")
-        version = data.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
-            raise ValueError(
-                f"{where}: schema_version {version} is not supported (this worldgen reads {SCHEMA_VERSION})"
-            )
+        check_version(data.get("schema_version", SCHEMA_VERSION), where)
         try:
             config = cls.model_validate(dict(data))
         except ValidationError as exc:
@@ -247,9 +249,3 @@ def stage_entry(transition: str, stage: Stage, directory: Path, rel: str) -> Sta
         return StageEntry(ref=rel, execution_condition=condition)
     return None
 
-
-def is_code(stage: Stage) -> bool:
-    """A stage no config can rebuild: not the canon's, not a template, not a stage graph."""
-    from worldgen.stage_graph import StageGraph
-
-    return not (stage.canon or (stage.source and "template" in stage.source) or isinstance(stage.impl, StageGraph))
