@@ -109,6 +109,8 @@ class StageEntry(BaseModel):
             raise ValueError(f"a stage needs exactly one of template, ref or stage_config (got {given or 'none'})")
         if self.params and self.template is None:
             raise ValueError("params go with a template")
+        if self.template is not None and (self.endpoint_url or self.assistant_id):
+            raise ValueError("endpoint_url goes with a stage graph (ref or stage_config), not a template")
         return self
 
     @field_validator("execution_condition")
