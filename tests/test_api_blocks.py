@@ -265,6 +265,18 @@ def test_key_comes_from_the_environment_at_each_request(stub, monkeypatch) -> No
     assert len(stub.requests) == 2  # nothing was sent without a key
 
 
+def test_langchain_objects_hold_no_key_only_the_callback(stub, monkeypatch) -> None:
+    """Left alone, ChatOpenAI / OpenAIEmbeddings copy OPENAI_API_KEY onto themselves (dumped, traced)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-unrelated-env-key-42")
+    chat = build("llm/api", stub).chat_model
+    embeddings = build("embedding/api", stub).embeddings
+    for model in (chat, embeddings):
+        assert callable(model.openai_api_key) and model.openai_api_key() == SECRET
+        assert "sk-unrelated-env-key-42" not in repr(model) + json.dumps(model.model_dump(), default=str)
+    monkeypatch.setenv(KEY_ENV, "sk-rotated-key")
+    assert chat.openai_api_key() == embeddings.openai_api_key() == "sk-rotated-key"
+
+
 def test_a_key_in_the_config_is_refused_without_echoing_it(stub) -> None:
     for field in ("api_key", "openai_api_key"):
         with pytest.raises(ApiConfigError, match="api_key_env") as info:
@@ -476,6 +488,6 @@ def test_a_saved_graph_with_an_api_block_loads_in_a_fresh_process(stub, tmp_path
     graph.save(tmp_path / "saved")
     code = ("from worldgen.engine import Graph; g = Graph.load(r'%s'); "
             "print(type(g.get_node('llm').block).__name__)") % (tmp_path / "saved")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == type(graph.get_node("llm").block).__name__

@@ -142,7 +142,7 @@ def test_agentic_development_calls_tools_through_the_api(stub, tmp_path) -> None
     assert second.body["messages"][-1]["role"] == "tool"
 
 
-def test_world_images_from_the_image_api(stub, tmp_path, monkeypatch) -> None:
+def test_world_images_from_the_image_api(stub, tmp_path) -> None:
     from worldgen.blocks.api import ImageApi
 
     painter = ImageApi("painter", config={

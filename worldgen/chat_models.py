@@ -17,7 +17,7 @@ def resolve_chat_model(
     *,
     endpoint_url: str | None = None,
     api_key_env: str | None = None,
-    max_retries: int = 2,
+    max_retries: int | None = None,
 ) -> BaseChatModel:
     """Build the chat model a spec names; an already-built model passes through.
 
@@ -26,8 +26,8 @@ def resolve_chat_model(
     ``llm/api`` blocks, see `worldgen.blocks.api_clients`): the endpoint is `endpoint_url`, or
     the one after ``@`` in the spec (``"openai:qwen@http://127.0.0.1:8000/v1"``), or
     ``OPENAI_BASE_URL``, or OpenAI's; the key is read from `api_key_env` (default
-    ``OPENAI_API_KEY``, optional for a self-hosted endpoint) at each request, never stored.
-    An ``llm/api`` block gives its chat model.
+    ``OPENAI_API_KEY``, optional for a self-hosted endpoint) at each request, never stored;
+    `max_retries` defaults to the API client's. An ``llm/api`` block gives its chat model.
     """
     if isinstance(spec, BaseChatModel):
         return spec
@@ -67,13 +67,14 @@ def supports_prefill(model: Any) -> bool:
     return bool(getattr(model, "supports_prefill", False))
 
 
-def _openai(model: str, endpoint_url: str | None, api_key_env: str | None, max_retries: int) -> BaseChatModel:
-    from worldgen.blocks.api_clients import ApiConfigError, get_client
+def _openai(model: str, endpoint_url: str | None, api_key_env: str | None, max_retries: int | None) -> BaseChatModel:
+    from worldgen.blocks.api_clients import ApiConfigError, ClientOptions, get_client
 
+    options: ClientOptions = {"endpoint_url": endpoint_url, "api_key_env": api_key_env}
+    if max_retries is not None:  # else the client's default, kept in one place
+        options["max_retries"] = max_retries
     try:
-        client = get_client(
-            "openai", model, endpoint_url=endpoint_url, api_key_env=api_key_env, max_retries=max_retries
-        )
+        client = get_client("openai", model, **options)
     except ApiConfigError as exc:
         if endpoint_url or os.environ.get("OPENAI_BASE_URL") or api_key_env:
             raise

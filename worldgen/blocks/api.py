@@ -45,10 +45,13 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from worldgen.blocks.api_clients import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
     ApiCallError,
     ApiClient,
     ApiConfigError,
     get_client,
+    is_transient,
 )
 from worldgen.blocks.base import Block
 from worldgen.blocks.ports import Port, PortType, input_port, output_port
@@ -82,8 +85,8 @@ class ApiSettings(BaseModel):
     model_id: str = Field(min_length=1)
     endpoint_url: str | None = None
     api_key_env: str | None = Field(None, min_length=1, description="name of the env var with the key")
-    max_retries: int = Field(2, ge=0)
-    timeout: float | None = Field(60.0, gt=0)
+    max_retries: int = Field(DEFAULT_MAX_RETRIES, ge=0)
+    timeout: float | None = Field(DEFAULT_TIMEOUT, gt=0)
 
 
 class ApiBlock(Block):
@@ -105,14 +108,15 @@ class ApiBlock(Block):
             )
         config.setdefault("backend", "api")
         config.setdefault("provider", "openai")  # saved explicitly: a config says where the model lives
-        try:
-            ApiSettings.model_validate(config)
+        try:  # Block.__init__ validates against `config_schema` (ApiSettings)
+            super().__init__(block_id, config=config)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
             raise ApiConfigError(f"{who}: invalid API config: {problems}") from None
-        super().__init__(block_id, config=config)
-        # fail at build time on what can be checked without the network
-        self._client_key_check()
+        try:  # fail at build time on what can be checked without the network (provider, endpoint)
+            self.client  # noqa: B018 - makes no request
+        except ApiConfigError as exc:
+            raise ApiConfigError(f"{self._who()}: {exc}") from None
 
     # ------------------------------------------------------------ settings
     @property
@@ -145,12 +149,6 @@ class ApiBlock(Block):
             max_retries=s.max_retries, timeout=s.timeout, check_key=False,
         )
 
-    def _client_key_check(self) -> None:
-        try:
-            self.client  # noqa: B018 - validates provider and endpoint; makes no request
-        except ApiConfigError as exc:
-            raise ApiConfigError(f"{self._who()}: {exc}") from None
-
     def _who(self) -> str:
         return f"{self.block_type} block {self.block_id!r}"
 
@@ -166,7 +164,7 @@ class ApiBlock(Block):
         except ApiConfigError as exc:
             raise ApiConfigError(f"{self._who()}: {exc}") from None
         except openai.APIStatusError as exc:
-            retryable = exc.status_code in (408, 409, 429) or exc.status_code >= 500
+            retryable = is_transient(exc)  # the SDK retried exactly these
             tries = f" after {client.key.max_retries} retries" if retryable else ""
             raise ApiCallError(
                 f"{where}: {what} failed with HTTP {exc.status_code}{tries}: {client.scrub(_error_text(exc))}",

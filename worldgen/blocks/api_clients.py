@@ -7,8 +7,14 @@ one retry budget), and `ApiClient` hands out the SDK objects built on it: the ``
 clients, a LangChain ``ChatOpenAI`` and ``OpenAIEmbeddings``.
 
 Secrets: the key never enters a config, a key or a repr. A client holds only the *name* of
-the environment variable (``api_key_env``) and the SDK reads it through a callback at each
-request, so a rotated key is picked up and nothing but the process environment stores it.
+the environment variable (``api_key_env``); the ``openai`` clients and the LangChain objects
+get `ApiClient.api_key` as a callback read at each request, so a rotated key is picked up and
+nothing that worldgen saves, traces or shows holds it (the SDK keeps the last value it sent
+in memory, on its own client object).
+
+Retries: ``max_retries`` / ``timeout`` configure the ``openai`` clients only (their backoff
+honours ``Retry-After``); the LangChain objects run on those clients and add none of their own.
+`is_transient` is the one place saying which failures are worth retrying again later.
 
 The cache is process-wide and thread-safe (one lock, held only while a client is created:
 creation is local, no request is made). Clients live as long as the process, unless
@@ -25,6 +31,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "DEFAULT_API_KEY_ENV",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_TIMEOUT",
     "PROVIDERS",
     "ApiCallError",
     "ApiClient",
@@ -39,6 +47,8 @@ __all__ = [
 ]
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_TIMEOUT = 60.0
 OPENAI_URL = "https://api.openai.com/v1"
 PLACEHOLDER_KEY = "not-needed"
 """Local OpenAI-compatible servers ignore the key, but the SDK insists on one."""
@@ -70,16 +80,14 @@ def is_transient(exc: BaseException) -> bool:
     """Whether `exc` (or what it wraps, e.g. a TransitionError's cause) is worth retrying later:
     HTTP 408/409/429/5xx, timeouts and connection errors, as LangGraph's ``RetryPolicy(retry_on=...)``
     expects. The client has already retried these ``max_retries`` times with backoff."""
+    import openai
+
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, ApiCallError):
             return current.retryable
-        try:
-            import openai
-        except ImportError:  # pragma: no cover - openai comes with langchain-openai
-            return False
         if isinstance(current, openai.APIConnectionError):
             return True
         if isinstance(current, openai.APIStatusError):
@@ -132,8 +140,8 @@ class ClientKey:
     endpoint_url: str
     api_key_env: str = DEFAULT_API_KEY_ENV
     key_required: bool = True
-    max_retries: int = 2
-    timeout: float | None = 60.0
+    max_retries: int = DEFAULT_MAX_RETRIES
+    timeout: float | None = DEFAULT_TIMEOUT
 
     @classmethod
     def make(
@@ -143,8 +151,8 @@ class ClientKey:
         *,
         endpoint_url: str | None = None,
         api_key_env: str | None = None,
-        max_retries: int = 2,
-        timeout: float | None = 60.0,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        timeout: float | None = DEFAULT_TIMEOUT,
     ) -> ClientKey:
         name = normalise_provider(provider)
         if not model_id or not str(model_id).strip():
@@ -227,11 +235,11 @@ class ApiClient:
     def aio(self) -> Any:
         """The ``openai.AsyncOpenAI`` client, same endpoint, key and retries."""
 
-        async def api_key() -> str:
-            return self.api_key()
-
         def build() -> Any:
             import openai
+
+            async def api_key() -> str:  # AsyncOpenAI takes an async key callback
+                return self.api_key()
 
             return openai.AsyncOpenAI(
                 api_key=api_key, base_url=self.key.endpoint_url,
@@ -241,7 +249,12 @@ class ApiClient:
         return self._get("aio", build)
 
     def chat_model(self) -> Any:
-        """A ``ChatOpenAI`` over the shared clients (one per ApiClient)."""
+        """A ``ChatOpenAI`` over the shared clients (one per ApiClient).
+
+        ``api_key`` is the callback: left out, LangChain would copy ``OPENAI_API_KEY`` (or a
+        LangSmith gateway key) from the environment onto the model, which is dumped and traced.
+        No ``max_retries``: with the clients given LangChain ignores it (see the module doc).
+        """
 
         def build() -> Any:
             from langchain_openai import ChatOpenAI
@@ -249,30 +262,30 @@ class ApiClient:
             return ChatOpenAI(
                 model=self.key.model_id, client=self.sync.chat.completions, root_client=self.sync,
                 async_client=self.aio.chat.completions, root_async_client=self.aio,
-                max_retries=self.key.max_retries, base_url=self.key.endpoint_url,
+                api_key=self.api_key, base_url=self.key.endpoint_url,
             )
 
         return self._get("chat", build)
 
     def embeddings(self) -> Any:
         """An ``OpenAIEmbeddings`` over the shared clients; raw text is sent to non-OpenAI
-        servers (their tokenizers are not tiktoken's)."""
+        servers (their tokenizers are not tiktoken's). Key callback and retries as `chat_model`."""
 
         def build() -> Any:
             from langchain_openai import OpenAIEmbeddings
 
             return OpenAIEmbeddings(
                 model=self.key.model_id, client=self.sync.embeddings, async_client=self.aio.embeddings,
-                check_embedding_ctx_length=self.key.endpoint_url == OPENAI_URL, max_retries=self.key.max_retries,
+                check_embedding_ctx_length=self.key.endpoint_url == OPENAI_URL, api_key=self.api_key,
             )
 
         return self._get("embeddings", build)
 
     def close(self) -> None:
-        for name in ("sync",):
-            obj = self._objects.get(name)
-            if obj is not None:
-                obj.close()
+        """Close the sync client's connections (the async one needs an event loop to close)."""
+        sync = self._objects.get("sync")
+        if sync is not None:
+            sync.close()
 
 
 _CLIENTS: dict[ClientKey, ApiClient] = {}
