@@ -29,6 +29,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from worldgen.blocks.base import StateDictError
+from worldgen.engine.serialization import (
+    PIPELINE_META_FILE,
+    SCHEMA_VERSION,
+    ConfigError,
+    PipelineGraphConfig,
+    _dump,
+    _file_stem,
+    _is_tensor,
+    _pipeline_config,
+    check_block_ids,
+    check_schema_version,
+    read_safetensors,
+    weights_owner,
+    write_config_file,
+    write_safetensors,
+)
 
 if TYPE_CHECKING:
     from worldgen.engine.graph import Graph
@@ -36,7 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKENDS", "CHECKPOINT_STEM", "FORMATS", "GRAPH_META_FILE", "graph_state_dict", "load_graph_checkpoint",
     "load_graph_state", "load_pipeline_checkpoint", "pipeline_load_state", "read_state_file",
-    "save_graph_checkpoint", "save_pipeline_checkpoint", "write_state_file",
+    "save_graph_checkpoint", "save_graph_with_checkpoint", "save_pipeline_checkpoint", "write_state_file",
 ]
 
 #: backend → file extension
@@ -46,7 +62,7 @@ GRAPH_META_FILE = "graph_meta.json"
 #: The single-file checkpoint `Graph.save(d, format="checkpoint")` writes: ``checkpoint.<ext>``.
 CHECKPOINT_STEM = "checkpoint"
 _TENSOR = "__tensor__"
-_META_KEY = "worldgen.checkpoint"  # safetensors metadata: the header and the non-tensor state (JSON)
+_META_KEY = "worldgen.checkpoint"  # safetensors metadata entry holding the header (JSON)
 
 Owner = tuple[str, int]
 
@@ -54,17 +70,17 @@ Owner = tuple[str, int]
 # ---------------------------------------------------------------- graph state
 def owner_groups(graph: Graph) -> dict[Owner, list[str]]:
     """Weights owner → the nodes holding it (first = the node its state is keyed by)."""
-    from worldgen.engine.serialization import weights_owner
-
     groups: dict[Owner, list[str]] = {}
     for node_id in graph.node_ids:
         groups.setdefault(weights_owner(graph.get_node(node_id).block), []).append(node_id)
     return groups
 
 
-def graph_state_dict(graph: Graph) -> dict[str, dict[str, Any]]:
-    """``{node_id: state}``, each shared block (or pooled module) once, under its first node."""
-    return {nodes[0]: graph.get_node(nodes[0]).block.state_dict() for nodes in owner_groups(graph).values()}
+def graph_state_dict(graph: Graph, groups: Mapping[Owner, list[str]] | None = None) -> dict[str, dict[str, Any]]:
+    """``{node_id: state}``, each shared block (or pooled module) once, under its first node
+    (`groups`: `owner_groups(graph)`, when the caller has it already)."""
+    groups = owner_groups(graph) if groups is None else groups
+    return {nodes[0]: graph.get_node(nodes[0]).block.state_dict() for nodes in groups.values()}
 
 
 def load_graph_state(
@@ -151,18 +167,16 @@ def write_state_file(state: Mapping[str, Any], path: Path, backend: str, header:
     if backend == "json":
         text = json.dumps({**header, "state": _encode(dict(state), str(path))}, ensure_ascii=False)
         path.write_text(text, encoding="utf-8")
-    elif backend == "safetensors":
-        from safetensors.torch import save_file
-
-        from worldgen.engine.serialization import _is_tensor, _storable
-
+    elif backend == "safetensors":  # the layout of `save_block_state`'s files, plus the header
         tensors = {k: v for k, v in state.items() if _is_tensor(v)}
         rest = _encode({k: v for k, v in state.items() if k not in tensors}, str(path))
-        save_file(_storable(tensors), str(path), metadata={_META_KEY: json.dumps({**header, "state": rest})})
+        write_safetensors(tensors, rest, path, {_META_KEY: json.dumps(header, ensure_ascii=False)})
     else:
         import torch
 
-        _encode(dict(state), str(path))  # the same check as json: only tensors and plain data
+        # the non-tensor entries must be plain data (as for json), so a weights_only load reads
+        # them back; top-level tensors are not encoded (`tolist` of every weight, for nothing)
+        _encode({k: v for k, v in state.items() if not _is_tensor(v)}, str(path))
         plain = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
         torch.save({**header, "state": plain}, path)
     return path
@@ -172,21 +186,14 @@ def read_state_file(path: Path, backend: str) -> tuple[dict[str, Any], dict[str,
     """``(flat state, header)`` of a `write_state_file` file; never unpickles objects."""
     check_backend(backend)
     if not path.is_file():
-        from worldgen.engine.serialization import ConfigError
-
         raise ConfigError(f"checkpoint file {str(path)!r} does not exist")
     if backend == "json":
         data = json.loads(path.read_text(encoding="utf-8"))
         header = {k: v for k, v in data.items() if k != "state"}
         return _decode(data.get("state", {})), header
     if backend == "safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as file:
-            data = json.loads((file.metadata() or {}).get(_META_KEY, "{}"))
-            state = {key: file.get_tensor(key) for key in file.keys()}
-        state.update(_decode(data.pop("state", {})))
-        return state, data
+        state, metadata = read_safetensors(path)
+        return {k: _decode(v) for k, v in state.items()}, json.loads(metadata.get(_META_KEY, "{}"))
     import torch
 
     data = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain containers only
@@ -199,10 +206,7 @@ def read_state_file(path: Path, backend: str) -> tuple[dict[str, Any], dict[str,
 def _encode(value: Any, where: str) -> Any:
     """JSON-ready: tensors become ``{"__tensor__": {dtype, shape, data}}``; other values
     must be plain JSON data."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor):
+    if _is_tensor(value):
         tensor = value.detach().cpu()
         if tensor.is_complex():
             raise StateDictError(f"{where}: complex tensors do not store as JSON; use backend='safetensors'")
@@ -243,18 +247,7 @@ def _check_format(format: str, allowed: tuple[str, ...] = FORMATS) -> None:
 
 
 def _header(graph: Graph, format: str, backend: str) -> dict[str, Any]:
-    from worldgen.engine.serialization import SCHEMA_VERSION
-
     return {"schema_version": SCHEMA_VERSION, "graph_id": graph.graph_id, "format": format, "backend": backend}
-
-
-def _check_version(header: Mapping[str, Any], where: str) -> None:
-    from worldgen.engine.serialization import SUPPORTED_SCHEMA_VERSIONS, ConfigError
-
-    version = str(header.get("schema_version", SUPPORTED_SCHEMA_VERSIONS[0]))
-    if version not in SUPPORTED_SCHEMA_VERSIONS:
-        raise ConfigError(f"{where}: schema_version {version!r} is not supported "
-                          f"(supported: {list(SUPPORTED_SCHEMA_VERSIONS)})")
 
 
 def save_graph_checkpoint(
@@ -262,11 +255,10 @@ def save_graph_checkpoint(
     state: Mapping[str, Mapping[str, Any]] | None = None, extra_meta: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `graph`'s state (or `state`) as one file or a directory; returns `path`."""
-    from worldgen.engine.serialization import _file_stem
-
     _check_format(format)
     check_backend(backend)
-    state = graph_state_dict(graph) if state is None else state
+    groups = owner_groups(graph)
+    state = graph_state_dict(graph, groups) if state is None else state
     state = {nid: s for nid, s in state.items() if s}
     path = Path(path)
     header = {**_header(graph, format, backend), **(extra_meta or {})}
@@ -278,7 +270,7 @@ def save_graph_checkpoint(
         name = _file_stem(node_id, taken) + BACKENDS[backend]
         write_state_file(block_state, path / name, backend, {"node_id": node_id})
         files[node_id] = name
-    shared = {nid: nodes[0] for nodes in owner_groups(graph).values() for nid in nodes[1:]}
+    shared = {nid: nodes[0] for nodes in groups.values() for nid in nodes[1:]}
     meta = {**header, "nodes": files, "shared": shared}
     path.mkdir(parents=True, exist_ok=True)
     (path / GRAPH_META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -295,25 +287,23 @@ def read_graph_checkpoint(
     if path is not None:
         path = Path(path)
         flat, header = read_state_file(path, backend_of(path, backend))
-        _check_version(header, f"checkpoint {str(path)!r}")
+        check_schema_version(header, f"checkpoint {str(path)!r}")
         return unflatten(flat, graph.node_ids, f"checkpoint {str(path)!r}")
     root = Path(directory)  # type: ignore[arg-type]
     meta_path = root / GRAPH_META_FILE
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        _check_version(meta, str(meta_path))
+        check_schema_version(meta, str(meta_path))
         saved = meta.get("backend")
         if backend is not None and saved is not None and check_backend(backend) != saved:
             raise ValueError(f"checkpoint dir {str(root)!r} was written with backend {saved!r}, not {backend!r}")
         backend = check_backend(backend or saved or "json")
         files = dict(meta.get("nodes", {}))
     else:  # no meta: files named <node_id>.<ext>
+        if not root.is_dir():
+            raise ConfigError(f"checkpoint dir {str(root)!r} does not exist")
         backend = check_backend(backend or "json")
         files = {p.name[: -len(BACKENDS[backend])]: p.name for p in sorted(root.glob("*" + BACKENDS[backend]))}
-        if not root.is_dir():
-            from worldgen.engine.serialization import ConfigError
-
-            raise ConfigError(f"checkpoint dir {str(root)!r} does not exist")
     return {node_id: read_state_file(root / name, backend)[0] for node_id, name in files.items()}
 
 
@@ -324,6 +314,19 @@ def load_graph_checkpoint(
     """Load a `save_graph_checkpoint` file or directory into `graph`; returns it."""
     load_graph_state(graph, read_graph_checkpoint(graph, path, directory=directory, backend=backend), strict=strict)
     return graph
+
+
+def save_graph_with_checkpoint(
+    graph: Graph, directory: str | PathLike[str], *, backend: str = "json",
+    state: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """``directory/config.json`` + ``directory/checkpoint.<ext>`` (format ``single``): what
+    ``Graph.save(format="checkpoint")`` and each graph of a pipeline checkpoint write, and
+    `load_graph` reads back; returns the config path."""
+    root = Path(directory)
+    save_graph_checkpoint(graph, root / (CHECKPOINT_STEM + BACKENDS[check_backend(backend)]), backend=backend,
+                          state=state)
+    return write_config_file(graph.to_config(), root / "config.json")
 
 
 def find_checkpoint_file(directory: Path) -> Path | None:
@@ -354,17 +357,6 @@ def save_pipeline_checkpoint(
 ) -> Path:
     """Write ``path/<pid>/{config.json, checkpoint.<ext>}``, ``path/config.json`` and
     ``path/pipeline_meta.json``; a block shared between graphs is written once."""
-    from worldgen.engine.serialization import (
-        PIPELINE_META_FILE,
-        SCHEMA_VERSION,
-        PipelineGraphConfig,
-        _dump,
-        _file_stem,
-        _pipeline_config,
-        check_block_ids,
-        write_config_file,
-    )
-
     _check_format(format, ("dir",))
     check_backend(backend)
     root = Path(path)
@@ -384,8 +376,7 @@ def save_pipeline_checkpoint(
             else:
                 written[owner] = (pid, nodes[0])
                 state[nodes[0]] = graph.get_node(nodes[0]).block.state_dict()
-        write_config_file(graph.to_config(), root / sub / "config.json")
-        save_graph_checkpoint(graph, root / sub / (CHECKPOINT_STEM + BACKENDS[backend]), backend=backend, state=state)
+        save_graph_with_checkpoint(graph, root / sub, backend=backend, state=state)
         dirs[pid] = sub
         entries[pid] = PipelineGraphConfig(ref=sub, trainable=pipeline.is_trainable(pid))
     meta = {"schema_version": SCHEMA_VERSION, "pipeline_id": pipeline.pipeline_id, "node_ids": pipeline.graph_ids,
@@ -400,14 +391,12 @@ def load_pipeline_checkpoint(
     pipeline: Any, directory: str | PathLike[str], *, backend: str | None = None, strict: bool = True
 ) -> Any:
     """Load a `save_pipeline_checkpoint` directory's weights into `pipeline`'s graphs."""
-    from worldgen.engine.serialization import PIPELINE_META_FILE, ConfigError
-
     root = Path(directory)
     meta_path = root / PIPELINE_META_FILE
     if not meta_path.is_file():
         raise ConfigError(f"{str(root)!r} is not a pipeline checkpoint (no {PIPELINE_META_FILE})")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    _check_version(meta, str(meta_path))
+    check_schema_version(meta, str(meta_path))
     saved = meta.get("backend", "json")
     if backend is not None and check_backend(backend) != saved:
         raise ValueError(f"pipeline checkpoint {str(root)!r} was written with backend {saved!r}, not {backend!r}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import replace
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,7 @@ from worldgen.engine.context import enter_call_context, exit_call_context
 from worldgen.engine.executor import Callback, run_graph
 from worldgen.engine.nodes import Edge, ExposedPort, Node
 from worldgen.engine.plan import ExecutionPlan, build_plan, loop_order_of
-from worldgen.engine.validation import GraphValidationError, ValidationIssue, ValidationResult, validate_graph
+from worldgen.engine.validation import GraphValidationError, ValidationResult, validate_graph
 
 if TYPE_CHECKING:
     from worldgen.engine.serialization import ConfigSource
@@ -136,13 +135,7 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         else:
             if block is None:
                 raise ValueError("add_node needs a block, a block type or a block config")
-            from worldgen.local_models.pool import current_requester, requesting
-
-            # a model the block loads names this node when it is missing (unless an outer
-            # builder, e.g. Graph.from_config, already named it)
-            asker = current_requester() or (f"node {node!r} of graph {self.graph_id!r}" if node else None)
-            with requesting(asker):
-                instance = self._make_block(block, config, registry)
+            instance = self._make_block(block, config, registry, node)
             node_id = node if node is not None else self._fresh_id(instance.block_type)
             node = Node(node_id, instance)
         if node_id in self._nodes:
@@ -166,16 +159,15 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
                 self._delete_edge(edge)
         del self._nodes[node_id], self._in[node_id], self._out[node_id]
         self._frozen_nodes.discard(node_id)
-        for key, more in list(self._fan_out.items()):
-            self._fan_out[key] = [e for e in more if e.node_id != node_id]
         for exposed in (self._exposed_in, self._exposed_out):
             for key in [k for k, e in exposed.items() if e.node_id == node_id]:
                 del exposed[key]
-        for key, more in list(self._fan_out.items()):  # a fanned-out key keeps its other ports
+        for key in list(self._fan_out):  # a fanned-out key keeps its other ports
+            more = [e for e in self._fan_out.pop(key) if e.node_id != node_id]
             if more and key not in self._exposed_in:
                 self._exposed_in[key] = more.pop(0)
-            if not more:
-                del self._fan_out[key]
+            if more:
+                self._fan_out[key] = more
         self._touch()
         if self._auto_roles.pop(node_id, None) is not None or self._auto_roles:
             self.auto_connect()
@@ -327,11 +319,7 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         ``metadata["loop_order"]``)."""
         plan = self._plan
         if plan is None or plan.version != self._execution_version or plan.loop_order != loop_order_of(self):
-            plan = build_plan(self)
-            skip = self.tool_only_nodes()
-            if skip:
-                plan = replace(plan, steps=tuple(s for s in plan.steps if not set(s.node_ids) <= skip))
-            self._plan = plan
+            self._plan = build_plan(self)
         return self._plan
 
     def tool_only_nodes(self) -> set[str]:
@@ -366,13 +354,6 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
     def validate(self, strict: bool = True) -> ValidationResult:
         """Check the graph; with `strict`, raise `GraphValidationError` listing every error."""
         result = validate_graph(self)
-        tool_only = self.tool_only_nodes()
-        unknown = [ValidationIssue(f"node {nid!r}: agent tool 'node:{ref}' is not a node of this graph", nid)
-                   for nid, node in self._nodes.items() for ref in getattr(node.block, "tool_nodes", ())
-                   if ref not in self._nodes]
-        if tool_only or unknown:
-            result = ValidationResult([*unknown, *(e for e in result.errors if e.node_id not in tool_only)],
-                                      [w for w in result.warnings if w.node_id not in tool_only])
         if strict and result.errors:
             raise GraphValidationError(self.graph_id, result)
         return result
@@ -411,8 +392,8 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         ``format="weights"`` (default): ``config.yaml`` + ``weights/<node>.safetensors|json``,
         each block once. ``format="checkpoint"``: ``config.json`` + one ``checkpoint.<ext>``
         keyed ``"<node_id>.<key>"`` (`backend`, default ``"json"``; see `save_checkpoint`)."""
-        from worldgen.engine.checkpoint import BACKENDS, CHECKPOINT_STEM, check_backend
-        from worldgen.engine.serialization import save_graph, write_config_file
+        from worldgen.engine.checkpoint import save_graph_with_checkpoint
+        from worldgen.engine.serialization import save_graph
 
         if format == "weights":
             if backend not in (None, "safetensors"):
@@ -421,10 +402,7 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
             return save_graph(self, directory)
         if format != "checkpoint":
             raise NotImplementedError(f"save format {format!r} is not supported (supported: ['weights', 'checkpoint'])")
-        backend = check_backend(backend or "json")
-        root = Path(directory)
-        self.save_checkpoint(root / (CHECKPOINT_STEM + BACKENDS[backend]), format="single", backend=backend)
-        return write_config_file(self.to_config(), root / "config.json")
+        return save_graph_with_checkpoint(self, directory, backend=backend or "json")
 
     @classmethod
     def load(
@@ -556,18 +534,25 @@ class Graph(Runnable[dict[str, Any], dict[str, Any]]):
         self._execution_version += 1
 
     def _make_block(
-        self, block: BlockSpec, config: Mapping[str, Any] | None, registry: BlockRegistry | None
+        self, block: BlockSpec, config: Mapping[str, Any] | None, registry: BlockRegistry | None, node_id: str | None
     ) -> Block:
         if isinstance(block, Block):
             if config is not None:
                 raise ValueError("config= is only for a block type name or config, not a block instance")
             return block
-        registry = registry or global_registry()
         if isinstance(block, str):
-            return registry.build({**(config or {}), "block_type": block})
-        if isinstance(block, Mapping):
-            return registry.build({**block, **(config or {})})
-        raise TypeError(f"expected a Block, a block type or a block config, got {type(block).__name__}")
+            spec = {**(config or {}), "block_type": block}
+        elif isinstance(block, Mapping):
+            spec = {**block, **(config or {})}
+        else:
+            raise TypeError(f"expected a Block, a block type or a block config, got {type(block).__name__}")
+        # only a block built here may load a model: a missing one then names this node,
+        # unless an outer builder (Graph.from_config) already named it
+        from worldgen.local_models.pool import current_requester, requesting
+
+        asker = current_requester() or (f"node {node_id!r} of graph {self.graph_id!r}" if node_id else None)
+        with requesting(asker):
+            return (registry or global_registry()).build(spec)
 
     def _fresh_id(self, block_type: str) -> str:
         stem = block_type.replace("/", "_")

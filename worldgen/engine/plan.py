@@ -151,12 +151,14 @@ def build_plan(graph: Graph) -> ExecutionPlan:
     ready = [(first[ci], ci) for ci in range(len(components)) if indegree[ci] == 0]
     heapq.heapify(ready)
     seeded = {(e.node_id, e.port_name) for e in graph.exposed_input_ports()}
+    tool_only = graph.tool_only_nodes()  # no in-edges, so lone nodes: they run when an agent calls them
     steps: list[PlanStep] = []
     while ready:
         _, ci = heapq.heappop(ready)
         members = components[ci]
         if len(members) == 1 and members[0] not in successors[members[0]]:
-            steps.append(PlanStep("node", (_node_call(graph, members[0]),)))
+            if members[0] not in tool_only:
+                steps.append(PlanStep("node", (_node_call(graph, members[0]),)))
         else:
             order = _cycle_order(graph, set(members), position, seeded)
             steps.append(PlanStep("cycle", tuple(_node_call(graph, n) for n in order)))

@@ -81,6 +81,9 @@ __all__ = [
     "save_pipeline",
     "save_pipelines",
     "weights_owner",
+    "check_schema_version",
+    "read_safetensors",
+    "write_safetensors",
 ]
 
 SCHEMA_VERSION = "1.0"
@@ -225,18 +228,8 @@ def graph_from_config(
 def save_graph(graph: Graph, directory: str | PathLike[str]) -> Path:
     """Write ``config.yaml`` and each stateful block's weights once; returns the config path."""
     root = Path(directory)
-    config = _graph_config(graph)
-    written: dict[tuple[str, int], Path | None] = {}  # weights owner → its weights file
-    taken: set[str] = set()
-    for node_id in graph.node_ids:
-        block = graph.get_node(node_id).block
-        owner = weights_owner(block)
-        if owner not in written:
-            stem = _file_stem(node_id, taken)
-            written[owner] = save_block_state(block, root / _WEIGHTS_DIR / stem)
-        file = written[owner]
-        config.nodes[node_id].weights = None if file is None else Path(file).relative_to(root).as_posix()
-    return write_config_file(_dump(config), root / CONFIG_FILES[0])
+    # one graph: nothing is shared between graphs, so every file goes to root/weights/
+    return _WeightSaver(root / SHARED_WEIGHTS_DIR, [graph]).save_graph(graph, root)
 
 
 def load_graph(
@@ -298,11 +291,7 @@ def save_block_state(block: Block, stem: str | PathLike[str]) -> Path | None:
         path = stem.with_name(stem.name + ".json")
         path.write_text(json.dumps(rest, ensure_ascii=False), encoding="utf-8")
         return path
-    from safetensors.torch import save_file
-
-    path = stem.with_name(stem.name + ".safetensors")
-    save_file(_storable(tensors), path, metadata={_STATE_KEY: json.dumps(rest, ensure_ascii=False)})
-    return path
+    return write_safetensors(tensors, rest, stem.with_name(stem.name + ".safetensors"))
 
 
 def load_block_state(block: Block, path: str | PathLike[str], *, strict: bool = True) -> None:
@@ -314,14 +303,34 @@ def load_block_state(block: Block, path: str | PathLike[str], *, strict: bool = 
     if suffix == ".json":
         state = json.loads(path.read_text(encoding="utf-8"))
     elif suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as file:
-            state = {key: file.get_tensor(key) for key in file.keys()}
-            state.update(json.loads((file.metadata() or {}).get(_STATE_KEY, "{}")))
+        state, _ = read_safetensors(path)
     else:
         raise ConfigError(f"weights file {str(path)!r}: only .safetensors and .json load (no pickles)")
     block.load_state_dict(state, strict=strict)
+
+
+def write_safetensors(
+    tensors: Mapping[str, Any], rest: Mapping[str, Any], path: Path, header: Mapping[str, str] | None = None
+) -> Path:
+    """`tensors` to a safetensors file, the JSON-ready non-tensor state `rest` in its metadata
+    (plus `header`, extra metadata entries): the one layout of weights files and checkpoints."""
+    from safetensors.torch import save_file
+
+    metadata = {**(header or {}), _STATE_KEY: json.dumps(rest, ensure_ascii=False)}
+    save_file(_storable(tensors), str(path), metadata=metadata)
+    return path
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """``(state, other metadata)`` of a `write_safetensors` file: its tensors plus the
+    non-tensor state from the metadata (as JSON data, undecoded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as file:
+        metadata = dict(file.metadata() or {})
+        state = {key: file.get_tensor(key) for key in file.keys()}
+    state.update(json.loads(metadata.pop(_STATE_KEY, "{}")))
+    return state, metadata
 
 
 def weights_owner(block: Block) -> tuple[str, int]:
@@ -387,12 +396,18 @@ def _read_source(source: ConfigSource, base_dir: str | PathLike[str] | None) -> 
 
 def _validate_graph(raw: Mapping[str, Any], where: str) -> GraphConfig:
     # the version first: another version's keys would otherwise fail with a confusing key error
+    return _validate(GraphConfig, {**raw, "schema_version": check_schema_version(raw, where)}, where)
+
+
+def check_schema_version(raw: Mapping[str, Any], where: str) -> str:
+    """`raw`'s ``schema_version`` (default `SCHEMA_VERSION`), or a `ConfigError` naming `where`
+    when it is not supported: the one check for configs, metas and checkpoint headers."""
     version = str(raw.get("schema_version", SCHEMA_VERSION))
     if version not in SUPPORTED_SCHEMA_VERSIONS:
         raise ConfigError(
             f"{where}: schema_version {version!r} is not supported (supported: {list(SUPPORTED_SCHEMA_VERSIONS)})"
         )
-    return _validate(GraphConfig, {**raw, "schema_version": version}, where)
+    return version
 
 
 def _validate(model: type[StrictConfig], data: Any, where: str) -> Any:
@@ -702,12 +717,7 @@ def _read_versioned(
         if path.is_dir():
             path = next((path / n for n in CONFIG_FILES if (path / n).is_file()), path / CONFIG_FILES[0])
         raw, base, where = read_config_file(path), Path(base_dir or path.parent), f"{what} {str(path)!r}"
-    version = str(raw.get("schema_version", SCHEMA_VERSION))
-    if version not in SUPPORTED_SCHEMA_VERSIONS:
-        raise ConfigError(
-            f"{where}: schema_version {version!r} is not supported (supported: {list(SUPPORTED_SCHEMA_VERSIONS)})"
-        )
-    return {**raw, "schema_version": version}, base
+    return {**raw, "schema_version": check_schema_version(raw, where)}, base
 
 
 @contextmanager

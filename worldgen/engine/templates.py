@@ -10,6 +10,7 @@ checkpoint=folder)`` chains it with a VAE round trip. `register_graph_template` 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -101,11 +102,6 @@ TEXT_TO_IMAGE_EDGES: tuple[tuple[str, str], ...] = (
     ("solver.next_timestep", "solver.timestep"),
     ("solver.next_latent", "codec.decode_latent"),
 )
-_STUB_ROLES = ("tokenizer", "conditioner", "backbone", "solver", "codec")
-_STUB_PARAMS = frozenset({*(f"{r}_type" for r in _STUB_ROLES), "graph_id", "model_id", "resolution", "num_steps",
-                          "registry"})
-_DIFFUSERS_PARAMS = frozenset({"solver", "guidance", "guidance_scale", "num_inference_steps", "height", "width",
-                               "seed", "eta", "scheduler_kwargs", "graph_id"})
 
 
 @register_graph_template("text_to_image")
@@ -113,14 +109,13 @@ def text_to_image(*, checkpoint: str | Path | None = None, **params: Any) -> Gra
     """Text → image: with `checkpoint`, the real Stable Diffusion graph
     (`diffusers_text_to_image`); without, the role-stub graph of levels.md §2
     (`stub_text_to_image`). Each form takes only its own parameters."""
-    allowed = _STUB_PARAMS if checkpoint is None else _DIFFUSERS_PARAMS
+    build = stub_text_to_image if checkpoint is None else diffusers_text_to_image
+    allowed = set(inspect.signature(build).parameters) - {"checkpoint"}  # each form's own keywords
     unknown = sorted(set(params) - allowed)
     if unknown:
         form = "the role-stub graph (no checkpoint=)" if checkpoint is None else "the diffusers graph (checkpoint=)"
         raise TypeError(f"text_to_image: {unknown} are not parameters of {form}; it takes {sorted(allowed)}")
-    if checkpoint is None:
-        return stub_text_to_image(**params)
-    return diffusers_text_to_image(checkpoint=checkpoint, **params)
+    return build(**params) if checkpoint is None else build(checkpoint=checkpoint, **params)
 
 
 def stub_text_to_image(

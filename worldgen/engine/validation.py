@@ -47,9 +47,16 @@ def validate_graph(graph: Graph) -> ValidationResult:
     a required loop input whose every edge comes from a node running later in the loop
     (or itself), with no seed or default, so iteration 1 has no value.
     Warnings: auto-connect ambiguities; nodes no exposed input reaches; nodes that lead to
-    no exposed output."""
-    errors: list[ValidationIssue] = []
-    warnings = [ValidationIssue(str(a), a.target_node, a.target_port) for a in graph.auto_connect_ambiguities]
+    no exposed output. Nodes an agent calls as tools (`Graph.tool_only_nodes`) run only
+    then, so they are not checked as static nodes; an agent tool naming no node is an error."""
+    tool_only = graph.tool_only_nodes()
+    node_set = set(graph.node_ids)
+    errors = [
+        ValidationIssue(f"node {nid!r}: agent tool 'node:{ref}' is not a node of this graph", nid)
+        for nid in graph.node_ids for ref in getattr(graph.get_node(nid).block, "tool_nodes", ()) if ref not in node_set
+    ]
+    warnings = [ValidationIssue(str(a), a.target_node, a.target_port) for a in graph.auto_connect_ambiguities
+                if a.target_node not in tool_only]
     seeded = {(e.node_id, e.port_name) for e in graph.exposed_input_ports()}
     loop_position: dict[str, tuple[int, int]] = {}
     for step_index, step in enumerate(graph.plan().steps):
@@ -57,6 +64,8 @@ def validate_graph(graph: Graph) -> ValidationResult:
             loop_position.update({nid: (step_index, i) for i, nid in enumerate(step.node_ids)})
 
     for node_id in graph.node_ids:
+        if node_id in tool_only:
+            continue
         block = graph.get_node(node_id).block
         defaults = block.config.get("defaults") or {}
         edges_in = graph.get_edges_in(node_id)
@@ -74,7 +83,7 @@ def validate_graph(graph: Graph) -> ValidationResult:
                     f"outside the loop (expose it or set a default) so iteration 1 has no value",
                     node_id, port.name))
 
-    warnings += _reachability_warnings(graph)
+    warnings += [w for w in _reachability_warnings(graph) if w.node_id not in tool_only]
     return ValidationResult(errors, warnings)
 
 
