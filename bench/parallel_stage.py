@@ -1,7 +1,7 @@
 """Independent pipelines of a stage run concurrently: 4 × a 200 ms model call vs one.
 
-Each pipeline is a one-graph pipeline whose block stands for a model with 200 ms latency
-(an API or a remote node: it waits, releasing the GIL). A stage with one such pipeline is
+Each pipeline is a one-graph pipeline (a graph given to `add_pipeline`) whose block stands
+for a model with 200 ms latency (an API or a remote node: it waits, releasing the GIL). A stage with one such pipeline is
 the anchor; a stage with 4 of them, no edge between them, each writing its own block,
 should take about as long (target: ratio ≤ 1.5×; sequentially it would be 4×). Both run
 side by side in this process, best of `--repeats`.
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from worldgen.blocks import Block, Port, PortType, input_port, output_port
-from worldgen.engine import Graph, Pipeline
+from worldgen.engine import Graph
 from worldgen.stage_graph import StageGraph
 
 LATENCY = 0.2
@@ -36,16 +36,13 @@ class SlowModel(Block):
         return {"text": f"{self.block_id}: {inputs['prompt']}"}
 
 
-def pipeline(name: str) -> Pipeline:
-    graph = Graph(name)
-    graph.add_node("model", SlowModel(f"model_{name}"))
-    graph.expose_input("model", "prompt", "prompt")
-    graph.expose_output("model", "text", "text")
-    p = Pipeline(name)
-    p.add_graph(graph)
-    p.expose_input(name, "prompt", "prompt")
-    p.expose_output(name, "text", "text")
-    return p
+def graph(name: str) -> Graph:
+    """One slow model; `StageGraph.add_pipeline` holds it as a one-graph pipeline."""
+    g = Graph(name)
+    g.add_node("model", SlowModel(f"model_{name}"))
+    g.expose_input("model", "prompt", "prompt")
+    g.expose_output("model", "text", "text")
+    return g
 
 
 def stage(n: int) -> StageGraph:
@@ -53,7 +50,7 @@ def stage(n: int) -> StageGraph:
     sg = StageGraph(f"parallel_{n}")
     names = [f"p{i}" for i in range(n)]
     for name in names:
-        sg.add_pipeline(pipeline(name))
+        sg.add_pipeline(graph(name))
     outs = [5, 4, 2, 1][:n] if n > 1 else [5]
     sg.set_state_contract(
         [1], outs,

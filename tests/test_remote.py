@@ -18,7 +18,7 @@ from tests.langgraph_server import REPO, Server, inprocess_client
 from tests.remote_blocks import Paint, Shout
 from worldgen import World
 from worldgen.artifacts import ArtifactStore
-from worldgen.engine import Graph, Pipeline
+from worldgen.engine import Graph
 from worldgen.remote import (
     RemoteCallError,
     decode_value,
@@ -32,24 +32,21 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------- helpers
-def one_graph_pipeline(name: str, block: Any, inp: str, out: str) -> Pipeline:
+def one_block_graph(name: str, block: Any, inp: str, out: str) -> Graph:
+    """A graph of one block; a stage node (or `serve_pipeline`) holds it as a one-graph pipeline."""
     graph = Graph(name)
     graph.add_node("b", block)
     graph.expose_input("b", inp, inp)
     graph.expose_output("b", out, out)
-    pipeline = Pipeline(name)
-    pipeline.add_graph(graph)
-    pipeline.expose_input(name, inp, inp)
-    pipeline.expose_output(name, out, out)
-    return pipeline
+    return graph
 
 
 def creator_graph() -> StageGraph:
     """block2's prompt → paint (random weights) → block3; block2's prompt → shout → unused."""
     torch.manual_seed(0)
     sg = StageGraph("painter")
-    sg.add_pipeline(one_graph_pipeline("paint", Paint("paint_block"), "prompt", "image"))
-    sg.add_pipeline(one_graph_pipeline("shout", Shout("shout_block"), "text", "text"))
+    sg.add_pipeline(one_block_graph("paint", Paint("paint_block"), "prompt", "image"))
+    sg.add_pipeline(one_block_graph("shout", Shout("shout_block"), "text", "text"))
     sg.set_state_contract([2], [3], mapping_input=[("block2", "paint", "prompt"), ("block2", "shout", "text")],
                           mapping_output=[("block3", "paint", "image")])
     sg.validate(strict=True)
@@ -149,9 +146,24 @@ def test_remote_stage_in_process_matches_local_and_brings_artifact_files(tmp_pat
     assert (tmp_path / "server2" / item["uri"]).is_file()
 
 
+def test_remote_stage_takes_the_action_argument_as_a_local_stage_does(tmp_path):
+    echo = StageGraph("echo")
+    echo.add_runnable(lambda d: d["a"], "echo", inputs=["a"], outputs=["text"])
+    echo.set_state_contract([], [5], mapping_input=[("action", "echo", "a")],
+                            mapping_output=[("block5", "echo", "text")])
+    remote = StageGraph("echo")
+    remote.set_state_contract([], [5])
+    remote.set_endpoint("http://remote.test",
+                        sync_client=inprocess_client({"echo": serve_stage(echo, artifacts_root=tmp_path)}))
+    state = {"action": "from state"}
+    for sg in (echo, remote):
+        assert sg.update(state, action="from argument")["block5"]["text"] == "from argument", sg
+        assert sg.update(state)["block5"]["text"] == "from state", sg
+
+
 def test_remote_failure_names_node_and_url(tmp_path):
     sg = creator_graph()
-    broken = serve_pipeline(one_graph_pipeline("paint", Shout("s"), "text", "text"))  # wrong ports
+    broken = serve_pipeline(one_block_graph("paint", Shout("s"), "text", "text"))  # wrong ports
     sg.set_node_endpoint("paint", "http://remote.test", "pipeline", sync_client=inprocess_client({"pipeline": broken}))
     with pytest.raises(RemoteCallError, match=r"remote node 'paint': remote call to http://remote.test \(assistant 'pipeline'\)"):
         sg({**STATE, "world": _World(tmp_path)})

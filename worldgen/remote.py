@@ -35,10 +35,13 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
 from worldgen.blocks.ports import PortType
+from worldgen.engine.serialization import ConfigError, _is_tensor
 from worldgen.stage import StageBlocks
+from worldgen.state import block_key
 
 __all__ = [
     "API_KEY_ENV",
@@ -158,15 +161,16 @@ def decode_ports(data: Mapping[str, Any], spec: Mapping[str, PortType], where: s
 class _Remote:
     """An assistant on a LangGraph server, called through `RemoteGraph` (threadless runs)."""
 
-    def __init__(self, endpoint_url: str, assistant_id: str, *, api_key_env: str = API_KEY_ENV,
+    def __init__(self, endpoint_url: str, assistant_id: str, *, api_key_env: str | None = None,
                  sync_client: Any = None) -> None:
+        """`api_key_env` None: `API_KEY_ENV` (so callers pass their optional setting through)."""
         if not endpoint_url or not isinstance(endpoint_url, str):
             raise ValueError(f"endpoint_url must be a non-empty URL, got {endpoint_url!r}")
         if not assistant_id:
             raise ValueError("a remote graph needs an assistant_id (the graph name in langgraph.json)")
         self.endpoint_url = endpoint_url.rstrip("/")
         self.assistant_id = assistant_id
-        self.api_key_env = api_key_env
+        self.api_key_env = api_key_env or API_KEY_ENV
         self.sync_client = sync_client  # a langgraph_sdk SyncLangGraphClient (tests, custom transports)
         self._graph: Any = None
 
@@ -224,8 +228,6 @@ class RemoteStage(_Remote):
 
     def invoke(self, state: Mapping[str, Any], reads: tuple[int, ...], writes: tuple[int, ...], *,
                stage_id: str = "stage") -> dict[str, Any]:
-        from worldgen.state import block_key
-
         what = f"remote stage {stage_id!r}"
         payload: dict[str, Any] = {block_key(n): _block_json(state.get(block_key(n))) for n in reads}
         payload["action"] = state.get("action")
@@ -258,23 +260,12 @@ def serve_pipeline(source: Any, *, name: str | None = None) -> Any:
     """A compiled LangGraph graph running `source` (a Pipeline, a Graph, or the config or
     saved folder of either) on wire-format inputs; what a `RemoteNode` calls (a stage's
     pipeline node, or a pipeline's graph node). For a ``langgraph.json`` entry."""
-    from langgraph.graph import END, START, StateGraph
-
-    from worldgen.engine.graph import Graph
-    from worldgen.engine.pipeline import Pipeline
+    from worldgen.stage_graph.nodes import as_pipeline, pipeline_ports
 
     if isinstance(source, (str, PathLike, Mapping)):
         source = _pipeline_or_graph(source)
-    if isinstance(source, Graph):
-        from worldgen.stage_graph import StageGraph
-
-        holder = StageGraph("serve")
-        source = holder.get_node(holder.add_pipeline(source))
-    if not isinstance(source, Pipeline):
-        raise TypeError(f"serve_pipeline takes a Pipeline, a Graph, a config or a saved folder, got {type(source).__name__}")
-    pipeline = source
-    ins = {_key(e): PortType(e.get("dtype", "any")) for e in pipeline.get_input_spec(include_dtype=True)}
-    outs = {_key(e): PortType(e.get("dtype", "any")) for e in pipeline.get_output_spec(include_dtype=True)}
+    pipeline = as_pipeline(source, "serve_pipeline")
+    ins, outs, _ = pipeline_ports(pipeline)  # the ports a stage node holding it has
     where = f"served pipeline {pipeline.pipeline_id!r}"
 
     def run(state: _PipelineWire) -> dict[str, Any]:
@@ -285,22 +276,15 @@ def serve_pipeline(source: Any, *, name: str | None = None) -> Any:
         outputs = pipeline.run(inputs)
         return {"outputs": encode_ports({k: outputs[k] for k in outs if k in outputs}, outs, where)}
 
-    builder = StateGraph(_PipelineWire)
-    builder.add_node("run", run)
-    builder.add_edge(START, "run")
-    builder.add_edge("run", END)
-    return builder.compile(name=name or pipeline.pipeline_id)
+    return _one_node_graph(_PipelineWire, "run", run, name or pipeline.pipeline_id)
 
 
 def serve_stage(source: Any, *, artifacts_root: str | PathLike[str] | None = None, name: str | None = None) -> Any:
     """A compiled LangGraph graph running a stage graph (an instance, a config or a saved
     folder) on the blocks; what a `RemoteStage` calls. Artifact files it makes or reads are
     kept under `artifacts_root` (default: a temporary folder) and sent back by value."""
-    from langgraph.graph import END, START, StateGraph
-
     from worldgen.artifacts import ArtifactStore
     from worldgen.stage_graph import StageGraph
-    from worldgen.state import block_key
 
     stage = source if isinstance(source, StageGraph) else StageGraph.from_config(source)
     if stage.remote is not None:
@@ -321,18 +305,13 @@ def serve_stage(source: Any, *, artifacts_root: str | PathLike[str] | None = Non
         out["artifacts"] = _pack_artifacts(out["block3"], store, where) if out.get("block3") else {}
         return out
 
-    builder = StateGraph(_StageWire)
-    builder.add_node("stage", run)
-    builder.add_edge(START, "stage")
-    builder.add_edge("stage", END)
-    return builder.compile(name=name or stage.stage_id)
+    return _one_node_graph(_StageWire, "stage", run, name or stage.stage_id)
 
 
 def _pipeline_or_graph(source: Any) -> Any:
     """A pipeline config/folder, else a graph one (a pipeline node may serve either)."""
     from worldgen.engine.graph import Graph
     from worldgen.engine.pipeline import Pipeline
-    from worldgen.engine.serialization import ConfigError
 
     try:
         return Pipeline.from_config(source)
@@ -346,29 +325,26 @@ def _pipeline_or_graph(source: Any) -> Any:
 def placeholder_graph(name: str, message: str) -> Any:
     """A graph that fails every run with `message`: keeps a ``langgraph.json`` entry loadable
     when what it would serve is not configured (the server loads every entry at start)."""
-    from langgraph.graph import END, START, StateGraph
-
     def unconfigured(state: _PipelineWire) -> dict[str, Any]:
         raise RuntimeError(f"graph {name!r} is not configured: {message}")
 
-    builder = StateGraph(_PipelineWire)
-    builder.add_node("unconfigured", unconfigured)
-    builder.add_edge(START, "unconfigured")
-    builder.add_edge("unconfigured", END)
+    return _one_node_graph(_PipelineWire, "unconfigured", unconfigured, name)
+
+
+def _one_node_graph(state: type, node: str, fn: Any, name: str) -> Any:
+    """START → `node` → END over the wire state `state`: what each served graph is."""
+    builder = StateGraph(state)
+    builder.add_node(node, fn)
+    builder.add_edge(START, node)
+    builder.add_edge(node, END)
     return builder.compile(name=name)
 
 
 # ------------------------------------------------------------------------ helpers
-def _key(entry: Mapping[str, Any]) -> str:
-    return entry.get("name") or f"{entry['pipeline_node_id']}:{entry['port_name']}"
-
-
 def _block_json(block: Any) -> Any:
-    if hasattr(block, "model_dump"):
-        return block.model_dump(mode="json")
-    if isinstance(block, str):
-        return block  # the receiving side coerces a bare string as the state does
-    return block
+    """A block model as JSON; a dict, a bare string (coerced on the other side as the state
+    does) or None as it is."""
+    return block.model_dump(mode="json") if hasattr(block, "model_dump") else block
 
 
 def _artifact_store(state: Mapping[str, Any], what: str) -> Any:
@@ -410,11 +386,6 @@ def _unpack_artifacts(block3: Mapping[str, Any], files: Mapping[str, str], store
 
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
-
-
-def _is_tensor(value: Any) -> bool:
-    torch = __import__("sys").modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def _is_image(value: Any) -> bool:

@@ -141,8 +141,8 @@ class Pipeline(Runnable[dict[str, Any], dict[str, Any]]):
             block.remote = None
             endpoints.pop(pipeline_node_id, None)
         else:
-            block.remote = RemoteNode(endpoint_url, assistant_id or pipeline_node_id, sync_client=sync_client,
-                                      **({"api_key_env": api_key_env} if api_key_env else {}))
+            block.remote = RemoteNode(endpoint_url, assistant_id or pipeline_node_id, api_key_env=api_key_env,
+                                      sync_client=sync_client)
             endpoints[pipeline_node_id] = block.remote.to_config()
         if endpoints:
             self._metadata["endpoints"] = endpoints

@@ -10,29 +10,29 @@ from __future__ import annotations
 
 import contextvars
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.runnables import Runnable
 
-from worldgen.stage_graph.nodes import NodeCallback, StageEdge, _Node
+from worldgen.stage_graph.nodes import NodeCallback, _Node
+
+if TYPE_CHECKING:
+    from worldgen.stage_graph.graph import StageGraph
 
 
 def _run_nodes(
-    nodes: Mapping[str, _Node],
-    edges: Sequence[StageEdge],
+    sg: StageGraph,
     order: list[str],
     buffer: dict[tuple[str, str], Any],
     cbs: list[NodeCallback],
     kwargs: dict[str, Any],
-    *,
-    stage_id: str,
-    max_concurrency: int | None,
 ) -> None:
-    """Run each node once its predecessors are done. Several ready nodes run at once in
-    a thread pool: model calls (torch kernels, HTTP to a remote node or an API) release
-    the GIL, so independent pipelines overlap. A lone ready node runs in this thread.
+    """Run each node of `sg` once its predecessors are done. Several ready nodes run at
+    once in a thread pool (at most ``sg.max_concurrency``): model calls (torch kernels, HTTP
+    to a remote node or an API) release the GIL, so independent pipelines overlap. A lone
+    ready node runs in this thread.
 
     Not a LangGraph `StateGraph`: the buffer carries tensors and images, which must stay
     out of LangGraph channels (inside a world run they would join its checkpoints and
@@ -40,64 +40,55 @@ def _run_nodes(
     this thread: "before" when a node starts, "after" as it finishes (ties in
     topological order). Each worker runs in a copy of this context (run options, the
     LangGraph runtime) with this thread's grad mode."""
-
-    def in_edges(node_id: str) -> list[StageEdge]:
-        return [e for e in edges if e.target_node == node_id]
-
-    def out_edges(node_id: str) -> list[StageEdge]:
-        return [e for e in edges if e.source_node == node_id]
-
     rank = {n: i for i, n in enumerate(order)}
-    waiting = {n: {e.source_node for e in in_edges(n)} for n in order}
+    waiting = {n: {e.source_node for e in sg.in_edges(n)} for n in order}
     ready = [n for n in order if not waiting[n]]
-    running: dict[Future[dict[str, Any]], str] = {}
+    running: dict[Future[dict[str, Any]], tuple[str, dict[str, Any]]] = {}  # → (node id, its inputs)
     pool: ThreadPoolExecutor | None = None
     grad = _grad_enabled()
 
-    def start(nid: str) -> tuple[_Node, dict[str, Any]]:
-        node = nodes[nid]
-        for e in in_edges(nid):
+    def start(nid: str) -> dict[str, Any]:
+        for e in sg.in_edges(nid):
             if (e.source_node, e.source_port) in buffer:
                 buffer[(nid, e.target_port)] = buffer[(e.source_node, e.source_port)]
-        inputs = {p: buffer[(nid, p)] for p in node.inputs if (nid, p) in buffer}
+        inputs = {p: buffer[(nid, p)] for p in sg._nodes[nid].inputs if (nid, p) in buffer}
         for cb in cbs:
             cb(nid, inputs, None)
-        return node, inputs
+        return inputs
 
     def finish(nid: str, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
         for cb in cbs:
             cb(nid, inputs, outputs)
         for port, value in outputs.items():
             buffer[(nid, port)] = value
-        for e in out_edges(nid):
+        for e in sg.out_edges(nid):
             pending = waiting[e.target_node]
             if nid in pending:
                 pending.discard(nid)
                 if not pending:
                     ready.append(e.target_node)
 
-    started_inputs: dict[str, dict[str, Any]] = {}
     try:
         while ready or running:
             ready.sort(key=rank.__getitem__)
             if len(ready) == 1 and not running:  # a chain: no thread needed
                 nid = ready.pop()
-                node, inputs = start(nid)
-                finish(nid, inputs, _run_node(nid, node, inputs, kwargs))
+                inputs = start(nid)
+                finish(nid, inputs, _run_node(nid, sg._nodes[nid], inputs, kwargs))
                 continue
             while ready:
                 nid = ready.pop(0)
-                node, inputs = start(nid)
-                started_inputs[nid] = inputs
+                inputs = start(nid)
                 if pool is None:
-                    pool = ThreadPoolExecutor(max_concurrency or max(2, len(order)),
-                                              thread_name_prefix=f"stage-{stage_id}")
+                    pool = ThreadPoolExecutor(sg.max_concurrency or max(2, len(order)),
+                                              thread_name_prefix=f"stage-{sg.stage_id}")
                 ctx = contextvars.copy_context()
-                running[pool.submit(ctx.run, _run_node_in_worker, nid, node, inputs, kwargs, grad)] = nid
+                future = pool.submit(ctx.run, _run_node_in_worker, nid, sg._nodes[nid], inputs, kwargs, grad)
+                running[future] = (nid, inputs)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in sorted(done, key=lambda f: rank[running[f]]):
-                nid = running.pop(future)
-                finish(nid, started_inputs.pop(nid), future.result())
+            for future in sorted(done, key=lambda f: rank[running[f][0]]):
+                nid, inputs = running.pop(future)
+                finish(nid, inputs, future.result())
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

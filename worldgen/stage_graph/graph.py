@@ -38,7 +38,7 @@ from worldgen.stage_graph.mapping import (
     _mapping_errors,
     _port_to_block,
 )
-from worldgen.stage_graph.nodes import NodeCallback, StageEdge, _Node, _pipeline_input_optional, _ports, _run_key
+from worldgen.stage_graph.nodes import NodeCallback, StageEdge, _Node, _ports, as_pipeline, pipeline_ports
 from worldgen.state import BLOCK_NUMBERS, block_key
 
 
@@ -125,27 +125,10 @@ class StageGraph:
         Its ports are the pipeline's run keys. The id defaults to ``pipeline_id`` (or
         ``graph_id``), else ``"pipeline_<n>"``; a duplicate id is an error. With
         `endpoint_url` the node runs remotely (see `set_node_endpoint`)."""
-        if isinstance(pipeline_or_graph, Graph):
-            graph = pipeline_or_graph
-            pipeline = Pipeline(graph.graph_id)
-            pipeline.add_graph(graph, graph.graph_id)
-            for key in graph.exposed_inputs():
-                pipeline.expose_input(graph.graph_id, key, key)
-            for key in graph.exposed_outputs():
-                pipeline.expose_output(graph.graph_id, key, key)
-        elif isinstance(pipeline_or_graph, Pipeline):
-            pipeline = pipeline_or_graph
-        else:
-            raise TypeError(f"add_pipeline takes a Pipeline or a Graph, got {type(pipeline_or_graph).__name__}")
+        pipeline = as_pipeline(pipeline_or_graph, "add_pipeline")
         nid = node_id or pipeline.pipeline_id or f"pipeline_{len(self._nodes)}"
         self._check_new_id(nid)
-        inputs, optional = {}, set()
-        for entry in pipeline.get_input_spec(include_dtype=True):
-            key = _run_key(entry)
-            inputs[key] = PortType(entry.get("dtype", "any"))
-            if _pipeline_input_optional(pipeline, entry):
-                optional.add(key)
-        outputs = {_run_key(e): PortType(e.get("dtype", "any")) for e in pipeline.get_output_spec(include_dtype=True)}
+        inputs, outputs, optional = pipeline_ports(pipeline)
         self._nodes[nid] = _Node("pipeline", pipeline, inputs, outputs, optional)
         if endpoint_url is not None:
             self.set_node_endpoint(nid, endpoint_url, assistant_id)
@@ -170,8 +153,7 @@ class StageGraph:
         optional = set(optional_inputs)
         if optional - set(ins):
             raise ValueError(f"node {node_id!r}: optional inputs {sorted(optional - set(ins))} are not among its inputs {list(ins)}")
-        remote = RemoteNode(endpoint_url, assistant_id, sync_client=sync_client,
-                            **({"api_key_env": api_key_env} if api_key_env else {}))
+        remote = RemoteNode(endpoint_url, assistant_id, api_key_env=api_key_env, sync_client=sync_client)
         self._nodes[node_id] = _Node("remote", None, ins, outs, optional, remote)
         return node_id
 
@@ -194,8 +176,8 @@ class StageGraph:
                 raise ValueError(f"node {node_id!r} has no local pipeline to fall back on")
             node.remote = None
             return
-        node.remote = RemoteNode(endpoint_url, assistant_id or node_id, sync_client=sync_client,
-                                 **({"api_key_env": api_key_env} if api_key_env else {}))
+        node.remote = RemoteNode(endpoint_url, assistant_id or node_id, api_key_env=api_key_env,
+                                 sync_client=sync_client)
 
     def set_endpoint(
         self,
@@ -209,8 +191,7 @@ class StageGraph:
         the blocks it reads (and the action) go out, the blocks it writes come back.
         `assistant_id` defaults to the stage id; ``None`` as the URL makes it local again."""
         self.remote = None if endpoint_url is None else RemoteStage(
-            endpoint_url, assistant_id or self.stage_id, sync_client=sync_client,
-            **({"api_key_env": api_key_env} if api_key_env else {}))
+            endpoint_url, assistant_id or self.stage_id, api_key_env=api_key_env, sync_client=sync_client)
 
     def set_execution_condition(self, condition: ConditionSpec | None) -> Condition | None:
         """When the stage runs (world.md §3), as data so it serializes: a preset name (the
@@ -476,25 +457,22 @@ class StageGraph:
         Nodes with no path between them run concurrently (`worldgen.stage_graph.execution`);
         the result does not depend on which finishes first. A stage with an endpoint runs
         remotely."""
+        if action is not None:  # the argument wins over the state's action, here or remote
+            state = {**state, "action": action}
         if self.remote is not None:
-            if state.get("action") is None and action is not None:
-                state = {**state, "action": action}
             return self.remote.invoke(state, self.input_blocks, self.output_blocks, stage_id=self.stage_id)
         order, cyclic = self.topological_order()
         if cyclic:
             raise StageGraphValidationError(
                 self.stage_id, ValidationResult([ValidationIssue(f"nodes {cyclic} form a cycle; a stage must be a DAG")]))
         cbs = [] if callbacks is None else [callbacks] if callable(callbacks) else list(callbacks)
-        if action is not None or "action" not in state:
-            state = {**state, "action": action if action is not None else state.get("action")}
 
         buffer: dict[tuple[str, str], Any] = {}
         for m in self.resolved_mapping_input():
             value = _block_to_port(state, m)
             if value is not None:
                 buffer[(m.node_id, m.port)] = value
-        _run_nodes(self._nodes, self._edges, order, buffer, cbs, pipeline_kwargs,
-                   stage_id=self.stage_id, max_concurrency=self.max_concurrency)
+        _run_nodes(self, order, buffer, cbs, pipeline_kwargs)
 
         update: dict[str, Any] = {}
         for m in self.resolved_mapping_output():

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worldgen.blocks.ports import PortType
+from worldgen.engine.serialization import _is_tensor
 from worldgen.engine.validation import ValidationIssue
 from worldgen.stage_graph.nodes import _Node
 from worldgen.state import BLOCK_NUMBERS, BLOCK_TYPES, block_key
@@ -181,12 +182,4 @@ def _store(state: Mapping[str, Any]) -> Any:
     if store is None:
         raise RuntimeError("writing block3 needs state['world'].artifacts (an ArtifactStore)")
     return store
-
-
-def _is_tensor(value: Any) -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(value, torch.Tensor)
 

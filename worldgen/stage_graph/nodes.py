@@ -1,7 +1,7 @@
 """A stage graph's nodes and edges: what a node holds, and where its ports come from.
 
-A pipeline node's ports are its run keys (`_run_key`); a runnable's or a remote node's are
-declared (`_ports`).
+A pipeline node's ports are its run keys (`pipeline_ports`); a runnable's or a remote node's
+are declared (`_ports`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worldgen.blocks.ports import PortType
+from worldgen.engine.graph import Graph
+from worldgen.engine.graph_block import GraphBlock
 from worldgen.engine.pipeline import Pipeline
 from worldgen.remote import RemoteNode
 
@@ -38,18 +40,29 @@ class _Node:
     remote: RemoteNode | None = None  # set: the node runs on another LangGraph server
 
 
-def _run_key(entry: Mapping[str, Any]) -> str:
-    return entry.get("name") or f"{entry['pipeline_node_id']}:{entry['port_name']}"
+def as_pipeline(pipeline_or_graph: Pipeline | Graph, what: str = "a pipeline node") -> Pipeline:
+    """A pipeline as it is; a graph as a one-graph pipeline whose run keys are the graph's."""
+    if isinstance(pipeline_or_graph, Pipeline):
+        return pipeline_or_graph
+    if not isinstance(pipeline_or_graph, Graph):
+        raise TypeError(f"{what} takes a Pipeline or a Graph, got {type(pipeline_or_graph).__name__}")
+    graph = pipeline_or_graph
+    pipeline = Pipeline(graph.graph_id)
+    pipeline.add_graph(graph, graph.graph_id)
+    for key in graph.exposed_inputs():
+        pipeline.expose_input(graph.graph_id, key, key)
+    for key in graph.exposed_outputs():
+        pipeline.expose_output(graph.graph_id, key, key)
+    return pipeline
 
 
-def _pipeline_input_optional(pipeline: Pipeline, entry: Mapping[str, Any]) -> bool:
-    """Whether a pipeline input may be left out (its graph port is optional or has a default)."""
-    try:
-        block = pipeline._graph.get_node(entry["pipeline_node_id"]).block
-        port = next(p for p in block.get_input_ports() if p.name == entry["port_name"])
-        return bool(port.optional)
-    except Exception:  # noqa: BLE001 - unknown: treat as required
-        return False
+def pipeline_ports(pipeline: Pipeline) -> tuple[dict[str, PortType], dict[str, PortType], set[str]]:
+    """``(inputs, outputs, optional inputs)`` by run key: the ports a `GraphBlock` of the
+    pipeline's graph declares (an input is optional when every port it seeds can do without)."""
+    block = GraphBlock(pipeline._graph)
+    ins = block.get_input_ports()
+    return ({p.name: p.dtype for p in ins}, {p.name: p.dtype for p in block.get_output_ports()},
+            {p.name for p in ins if p.optional})
 
 
 def _ports(spec: Sequence[Any] | Mapping[str, Any]) -> dict[str, PortType]:
