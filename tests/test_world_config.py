@@ -257,13 +257,14 @@ def test_builder_takes_a_saved_stage_graph_folder(tmp_path):
 
 
 def test_a_stage_entry_with_endpoint_url_runs_remotely_and_keeps_no_key(tmp_path, monkeypatch):
-    monkeypatch.setenv("LANGGRAPH_API_KEY", "lg-secret-7")
+    monkeypatch.setenv("GPU_BOX_KEY", "lg-secret-7")
     folder = author_graph().save(tmp_path / "a").parent
     config = {"stages": {"author": {"ref": str(folder), "endpoint_url": "http://gpu-box:2024",
-                                    "assistant_id": "author_stage"}}}
+                                    "assistant_id": "author_stage", "api_key_env": "GPU_BOX_KEY"}}}
     with World.from_config(config, root=tmp_path / "w") as world:
         remote = world.stages["author"].impl.remote
-        assert (remote.endpoint_url, remote.assistant_id) == ("http://gpu-box:2024", "author_stage")
+        assert (remote.endpoint_url, remote.assistant_id, remote.api_key_env) == (
+            "http://gpu-box:2024", "author_stage", "GPU_BOX_KEY")
         saved = world.save(tmp_path / "saved", with_state=False)
     for path in [*saved.rglob("*"), *(tmp_path / "w").rglob("*")]:
         if path.is_file():

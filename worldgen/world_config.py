@@ -101,6 +101,8 @@ class StageEntry(BaseModel):
     endpoint_url: str | None = None
     #: the served graph's name on that server (default: the stage id)
     assistant_id: str | None = None
+    #: the environment variable holding that server's key (default LANGGRAPH_API_KEY)
+    api_key_env: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> StageEntry:
@@ -109,7 +111,7 @@ class StageEntry(BaseModel):
             raise ValueError(f"a stage needs exactly one of template, ref or stage_config (got {given or 'none'})")
         if self.params and self.template is None:
             raise ValueError("params go with a template")
-        if self.template is not None and (self.endpoint_url or self.assistant_id):
+        if self.template is not None and (self.endpoint_url or self.assistant_id or self.api_key_env):
             raise ValueError("endpoint_url goes with a stage graph (ref or stage_config), not a template")
         return self
 
@@ -143,7 +145,7 @@ class StageEntry(BaseModel):
         source: Any = base / self.ref if self.ref is not None else self.stage_config
         graph = StageGraph.from_config(source, base_dir=None if self.ref is not None else base, validate=True)
         if self.endpoint_url is not None:
-            graph.set_endpoint(self.endpoint_url, self.assistant_id)
+            graph.set_endpoint(self.endpoint_url, self.assistant_id, api_key_env=self.api_key_env)
         # the entry's condition wins over the stage graph's own, which wins over the canon's
         condition = self.condition(transition) if self.execution_condition is not None else None
         stage = graph.as_stage(transition, condition=condition)
