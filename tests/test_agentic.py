@@ -332,3 +332,49 @@ def test_stage_agent_memory_is_kept_only_when_asked():
     assert len(model.seen[1]) == 4  # system + first question, answer + second question
     saved = stage.impl.state_dict()
     assert len(saved["memory"]) == 4
+
+
+def test_stage_agent_without_memory_starts_afresh_each_call():
+    from worldgen.agents.stage_agent import stage_agent
+
+    model = chat("one", "two")
+    stage = stage_agent("author", model, world_tools=False)
+    state = {"block1": "a", "block2": "b", "block3": "c", "block4": "d", "world": None}
+    stage.invoke(state)
+    stage.invoke(state)
+    assert len(model.seen[1]) == 2  # system + second question: nothing of the first call
+    assert stage.impl.state_dict()["memory"] == []
+
+
+class _EchoToolChat(ScriptedChat):
+    """Calls recent_episodes once, then answers with what the tool returned (thread-safe)."""
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):  # type: ignore[override]
+        from langchain_core.outputs import ChatGeneration, ChatResult
+
+        last = messages[-1]
+        reply = AIMessage(last.content) if isinstance(last, ToolMessage) else call("recent_episodes", "r", n=1)
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+
+def test_concurrent_stage_agent_calls_each_read_their_own_world():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worldgen.agents.stage_agent import stage_agent
+
+    both_reading = threading.Barrier(2, timeout=10)
+
+    class World:
+        def __init__(self, name: str):
+            self.name = name
+
+        def chronicle(self, last: int | None = None) -> list[dict[str, Any]]:
+            both_reading.wait()  # the two calls are in flight at once
+            return [{"episode": 1, "outcome": f"in {self.name}"}]
+
+    stage = stage_agent("author", _EchoToolChat(responses=[], seen=[]))
+    base = {"block1": "a", "block2": "b", "block3": "c", "block4": "d"}
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda n: stage.impl({**base, "world": World(n)}), ["north", "south"]))
+    assert [o["block5"] for o in outs] == ["1. in north", "1. in south"]

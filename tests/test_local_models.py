@@ -402,9 +402,15 @@ def test_a_repeated_call_becomes_an_answer(tiny_chat, monkeypatch: pytest.Monkey
     for i, slot in enumerate(("scene", "portrait")):
         history += [AIMessage("", tool_calls=[{"name": "paint", "args": {"slot": slot}, "id": f"c{i}"}]),
                     ToolMessage(f"painted {slot}", tool_call_id=f"c{i}")]
+    starts = []
+    real_start = tool_calls.Decoder.start
+    monkeypatch.setattr(tool_calls.Decoder, "start", lambda self, prompt: starts.append(prompt) or real_start(self, prompt))
     again = bound.invoke(history)  # every possible call was made: a repeat becomes an answer
     assert not again.tool_calls and again.content
     assert again.response_metadata["repeated_call"]["name"] == "paint"
+    assert len(starts) == 1  # the answer reuses the prompt's KV cache: the prompt is fed once
+    answer = bound.invoke(history, tool_choice="none")  # the same answer, decoded afresh
+    assert (answer.content, answer.usage_metadata) == (again.content, again.usage_metadata)
     assert bound.invoke(history, tool_choice="any").tool_calls  # unless a call is required
 
 

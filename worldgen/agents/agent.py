@@ -225,6 +225,14 @@ class Agent(AgentRole):
         out = await self.graph.ainvoke({"messages": history, "steps": 0}, self._run_config(config))
         return self._finish(len(history), out)
 
+    def invoke_stateless(
+        self, input: str | Mapping[str, Any] | Sequence[Any], config: RunnableConfig | None = None
+    ) -> AgentResult:
+        """One run on `input` alone: memory is neither read nor written, so runs of one Agent
+        may overlap (a stage called by concurrent threads)."""
+        messages = _to_messages(input)
+        return self._result(0, self.graph.invoke({"messages": messages, "steps": 0}, self._run_config(config)))
+
     def reset(self) -> None:
         """Forget the conversation."""
         self.memory = []
@@ -311,11 +319,17 @@ class Agent(AgentRole):
             self.memory.append(ToolMessage(content, tool_call_id=call.get("id") or "", name=call["name"]))
 
     def _finish(self, start: int, out: Mapping[str, Any]) -> AgentResult:
+        result = self._result(start, out)
+        self.memory = _trim(result.messages, self.memory_limit)
+        return result
+
+    @staticmethod
+    def _result(start: int, out: Mapping[str, Any]) -> AgentResult:
+        """The loop's output as an `AgentResult`; ``start``: where this run's messages begin."""
         messages: list[BaseMessage] = list(out["messages"])
         last = messages[-1]
         stop: StopReason = "max_steps" if isinstance(last, AIMessage) and last.tool_calls else "answered"
         ran = sum(isinstance(m, ToolMessage) for m in messages[start:])
-        self.memory = _trim(messages, self.memory_limit)
         return AgentResult(
             text=last.text, messages=messages, steps=out.get("steps", 0), tool_calls=ran, stop_reason=stop
         )

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel
 
 from worldgen.agents.agent import Agent, AgentResult
+from worldgen.agents.base import clean_text
 
 __all__ = ["AgentRecord", "AgentTransition"]
 
@@ -49,6 +50,22 @@ class AgentTransition:
     def run_agent(self, tools: Sequence[Any], system: str, prompt: str, *, max_steps: int | None = None) -> AgentResult:
         agent = Agent(llm=self.llm, tools=list(tools), system_prompt=system, max_steps=max_steps or self.max_steps)
         return agent.invoke(prompt)
+
+    def text_or_fallback(self, state: dict[str, Any], block: str, system: str, prompt: str, *,
+                         max_sentences: int, echo: str, plain: Callable[[BaseChatModel], Any]) -> dict[str, Any]:
+        """Run the agent over the world's content tools: its cleaned answer fills ``block``;
+        an empty answer (or a step-limit stop) leaves the call to ``plain`` (the transition's
+        non-agent implementation), and the record says so."""
+        from worldgen.tools.world_content import content_tools
+
+        result = self.run_agent(content_tools(state["world"]), system, prompt)
+        text = clean_text(result.text, max_sentences=max_sentences, echo=echo)
+        if text:
+            self.record(result)
+            return {block: {"text": text}}
+        name = getattr(plain, "__name__", type(plain).__name__)
+        self.record(result, f"plain {name}: the agent gave no answer ({result.stop_reason})")
+        return plain(self.llm)(state)
 
     def record(self, result: AgentResult, fallback: str | None = None) -> AgentRecord:
         names = [c["name"] for m in result.messages for c in getattr(m, "tool_calls", None) or ()]

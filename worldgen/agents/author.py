@@ -7,7 +7,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 
 from worldgen.agents.agentic import AgentTransition
-from worldgen.agents.base import ask_text, clean_text
+from worldgen.agents.base import ask_text
 from worldgen.state import ArtifactDescriptions, Intent
 
 SYSTEM = (
@@ -22,12 +22,7 @@ class Author:
 
     def __call__(self, state: dict[str, Any]) -> dict[str, Any]:
         summary = state["world"].summary()
-        intent = Intent.model_validate(state["block1"]).as_text()
-        seen = ArtifactDescriptions.model_validate(state["block4"]).as_text()
-        prompt = (
-            f"The world so far:\n{summary}\n\n"
-            f"What was meant to happen: {intent}\nWhat was actually made:\n{seen}\n\nWhat happened?"
-        )
+        prompt = f"The world so far:\n{summary}\n\n" + _question(state)
         return {"block5": {"text": ask_text(self.llm, "author", SYSTEM, prompt, max_sentences=4, echo=summary)}}
 
 
@@ -48,18 +43,15 @@ class AgentAuthor(AgentTransition):
     transition = "author"
 
     def __call__(self, state: dict[str, Any]) -> dict[str, Any]:
-        from worldgen.tools.world_content import content_tools
-
         world = state["world"]
-        intent = Intent.model_validate(state["block1"]).as_text()
-        seen = ArtifactDescriptions.model_validate(state["block4"]).as_text()
         premise = world.story()
-        prompt = (f"Premise: {premise}\n" if premise else "") + (
-            f"What was meant to happen: {intent}\nWhat was actually made:\n{seen}\n\nWhat happened?")
-        result = self.run_agent(content_tools(world), AGENT_SYSTEM, prompt)
-        text = clean_text(result.text, max_sentences=4, echo=world.summary())
-        if text:
-            self.record(result)
-            return {"block5": {"text": text}}
-        self.record(result, f"plain Author: the agent gave no answer ({result.stop_reason})")
-        return Author(self.llm)(state)
+        prompt = (f"Premise: {premise}\n" if premise else "") + _question(state)
+        return self.text_or_fallback(state, "block5", AGENT_SYSTEM, prompt, max_sentences=4, echo=world.summary(),
+                                     plain=Author)
+
+
+def _question(state: dict[str, Any]) -> str:
+    """What the Author is asked, plain or agent: the intent (block 1) against what was seen (block 4)."""
+    intent = Intent.model_validate(state["block1"]).as_text()
+    seen = ArtifactDescriptions.model_validate(state["block4"]).as_text()
+    return f"What was meant to happen: {intent}\nWhat was actually made:\n{seen}\n\nWhat happened?"

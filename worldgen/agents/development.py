@@ -7,7 +7,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 
 from worldgen.agents.agentic import AgentTransition
-from worldgen.agents.base import ask_text, clean_text
+from worldgen.agents.base import ask_text
 
 SYSTEM = (
     "You direct an evolving story world. Decide what happens next. "
@@ -23,13 +23,7 @@ class Development:
 
     def __call__(self, state: dict[str, Any]) -> dict[str, Any]:
         summary = state["world"].summary()
-        action = state.get("action")
-        prompt = f"The world so far:\n{summary}\n\n"
-        prompt += (
-            f"The user acts: {action}\nWhat happens next, given this action?"
-            if action
-            else "No one intervenes. What happens next?"
-        )
+        prompt = f"The world so far:\n{summary}\n\n" + _question(state.get("action"))
         return {"block1": {"text": ask_text(self.llm, "development", SYSTEM, prompt, max_sentences=2, echo=summary)}}
 
 
@@ -50,18 +44,14 @@ class AgentDevelopment(AgentTransition):
     transition = "development"
 
     def __call__(self, state: dict[str, Any]) -> dict[str, Any]:
-        from worldgen.tools.world_content import content_tools
+        premise = state["world"].story()
+        prompt = (f"Premise: {premise}\n" if premise else "") + _question(state.get("action"))
+        return self.text_or_fallback(state, "block1", AGENT_SYSTEM, prompt, max_sentences=2, echo=premise,
+                                     plain=Development)
 
-        world = state["world"]
-        action = state.get("action")
-        premise = world.story()
-        prompt = (f"Premise: {premise}\n" if premise else "") + (
-            f"The user acts: {action}\nWhat happens next, given this action?"
-            if action else "No one intervenes. What happens next?")
-        result = self.run_agent(content_tools(world), AGENT_SYSTEM, prompt)
-        text = clean_text(result.text, max_sentences=2, echo=premise)
-        if text:
-            self.record(result)
-            return {"block1": {"text": text}}
-        self.record(result, f"plain Development: the agent gave no answer ({result.stop_reason})")
-        return Development(self.llm)(state)
+
+def _question(action: str | None) -> str:
+    """What Development is asked, plain or agent: what happens next (given the action)."""
+    if action:
+        return f"The user acts: {action}\nWhat happens next, given this action?"
+    return "No one intervenes. What happens next?"

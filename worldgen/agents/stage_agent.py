@@ -8,7 +8,9 @@ canon's for the role unless given.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -32,14 +34,27 @@ BLOCK_MEANINGS = {
 
 class _CurrentWorld:
     """Stands for the world content of the call in progress, so tools built once (at stage
-    construction) read the store of the run at hand."""
+    construction) read the store of the run at hand. The world is held in a ContextVar, so
+    concurrent calls of one stage (threads, or tasks) each read their own run's world."""
 
-    world: Any = None
+    def __init__(self) -> None:
+        self._world: ContextVar[Any] = ContextVar("stage_agent_world", default=None)
+
+    @contextmanager
+    def bound(self, world: Any) -> Iterator[None]:
+        token = self._world.set(world)
+        try:
+            yield
+        finally:
+            self._world.reset(token)
 
     def __getattr__(self, name: str) -> Any:
-        if self.world is None:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        world = self._world.get()
+        if world is None:
             raise RuntimeError("the world's content is only readable while the stage runs")
-        return getattr(self.world, name)
+        return getattr(world, name)
 
 
 def stage_agent(
@@ -93,13 +108,10 @@ class _StageAgent:
         self.last: Any = None  # the last AgentResult, to see how the agent stopped
 
     def __call__(self, state: dict[str, Any]) -> dict[str, Any]:
-        self.current.world = state.get("world")
-        try:
-            if not self.keep:
-                self.agent.reset()
-            self.last = result = self.agent.invoke(render_context(state, self.reads))
-        finally:
-            self.current.world = None
+        context = render_context(state, self.reads)
+        with self.current.bound(state.get("world")):
+            # without memory, a run touches no state of the agent: concurrent calls are safe
+            self.last = result = self.agent.invoke(context) if self.keep else self.agent.invoke_stateless(context)
         text = clean_text(result.text)
         if not text:
             raise ModelOutputError(f"stage agent {self.agent.block_id!r}: no answer ({result.stop_reason})")

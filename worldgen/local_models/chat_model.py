@@ -103,10 +103,10 @@ class ChatTransformers(BaseChatModel):
     """0 means greedy decoding, which is deterministic."""
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = None
-    #: >1 discourages tokens already generated (transformers' RepetitionPenaltyLogitsProcessor);
-    #: small models loop without it
-    repetition_penalty: float = Field(default=1.0, ge=1.0)
     """Seed for sampling (ignored when greedy); None draws a fresh seed per call."""
+    repetition_penalty: float = Field(default=1.0, ge=1.0)
+    """>1 discourages tokens already generated (transformers' RepetitionPenaltyLogitsProcessor);
+    small models loop without it."""
 
     _model: Any = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)

@@ -118,18 +118,18 @@ def take_tool_turn(
     prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     choice = normalise_tool_choice(tool_choice, [t["function"]["name"] for t in tools])
 
-    def turn(choice: str) -> ToolTurn:
-        decoder = Decoder(**sampling)
-        out = ToolTurn(decoder, tools, choice, max_new_tokens=max_new_tokens)
-        out.run(prompt)
-        return out
-
-    first = turn(choice)
+    decoder = Decoder(**sampling)
+    decoder.start(prompt)
+    first = ToolTurn(decoder, tools, choice, max_new_tokens=max_new_tokens)
+    first.run(prompt)
     made = {_call_key(c["name"], c["args"]) for m in messages if isinstance(m, AIMessage) for c in m.tool_calls}
     if choice == "auto" and first.call is not None and _call_key(first.call["name"], first.call["args"]) in made:
         # A small model loops on one call; the same call would bring the same result, so
-        # the turn answers instead (the repeat is kept in the metadata).
-        again = turn("none")
+        # the turn answers instead (the repeat is kept in the metadata). The answer is
+        # decoded from the prompt's KV cache: the prompt is not fed twice.
+        decoder.rewind()
+        again = ToolTurn(decoder, tools, "none", max_new_tokens=max_new_tokens)
+        again.run(prompt)
         again.repeated = first.call
         return again
     return first
@@ -151,6 +151,21 @@ class Decoder(Sampling):
         self._fed = 0
         self._limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         self._feed(ids)
+        self._prompt = (prompt, self._fed, self._logits)
+
+    def rewind(self) -> None:
+        """Back to the end of the prompt, for another reply to it: the KV cache is cut back
+        to the prompt (fed again only when the cache cannot be cut)."""
+        prompt, fed, logits = self._prompt
+        self.text, self.output_tokens = "", 0
+        try:  # a negative count removes that many tokens (transformers 4 and 5 alike)
+            if self._fed > fed:
+                self._cache.crop(fed - self._fed)
+        except (AttributeError, RuntimeError, ValueError):  # no cache to cut (sliding window...)
+            self.start(prompt)
+            return
+        self._fed, self._logits = fed, logits
+        self._eos, self._extra, self._generator = self._begin()  # the same seed: as a fresh start
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -268,7 +283,7 @@ class Decoder(Sampling):
                     if kind == "integer" and trial.mode == "number" and char in ".eE":
                         trial = None
                         break
-                    if not trial._step(char):
+                    if not trial.feed(char):
                         trial = None
                         break
                 if trial is None or (pending and cut is None and trial.mode != "string"):
@@ -325,9 +340,9 @@ class ToolTurn:
     _prompt: str = ""
 
     def run(self, prompt: str) -> None:
+        """Decode the turn; the decoder has been started on ``prompt``."""
         self._prompt = prompt
         d = self.decoder
-        d.start(prompt)
         by_name = {t["function"]["name"]: t["function"] for t in self.tools}
         names = list(by_name) if self.choice in ("auto", "any") else [] if self.choice == "none" else [self.choice]
         heads = {f'{{"tool": {json.dumps(n)}': n for n in names}

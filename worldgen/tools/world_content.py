@@ -33,8 +33,9 @@ def content_tools(world: WorldContent) -> list[BaseTool]:
 
     def get_entity(name: str) -> str:
         """What the world knows about a being or place: the episodes it appears in, and how."""
-        entity = world.entities().get(name) or next(
-            (e for key, e in world.entities().items() if key.casefold() == name.casefold()), None)
+        entities = world.entities()  # one read of the store
+        entity = entities.get(name) or next(
+            (e for key, e in entities.items() if key.casefold() == name.casefold()), None)
         if entity is None:
             glossary = world.glossary()
             return glossary.get(name, f"The world knows nothing named {name!r}.")
