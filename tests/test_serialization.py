@@ -614,3 +614,23 @@ def test_check22_torch_backend_never_unpickles_objects(registry: BlockRegistry, 
     graph.get_node("tally").block.label = object()  # not storable: refused at save time, named
     with pytest.raises(StateDictError, match=r"tally\.label: object value is neither a tensor nor plain JSON"):
         graph.save_checkpoint(tmp_path / "bad.pt", backend="torch")
+
+
+def test_set_trainable_survives_a_round_trip(registry: BlockRegistry, tmp_path: Path) -> None:
+    """levels.md §7: the choice of what trains is serializable. A node left out of training
+    keeps its shared block trainable through its other user; a block no node trains loads frozen."""
+    shared, alone = Linear(config={"size": 2}), Linear(config={"size": 2})
+    graph = Graph("choice")
+    graph.add_node("first", shared)
+    graph.add_node("second", shared)
+    graph.add_node("alone", alone)
+    graph.add_edge("first", "y", "second", "x")
+    graph.add_edge("second", "y", "alone", "x")
+    graph.set_trainable("second", False)
+    graph.set_trainable("alone", False)
+    graph.save(tmp_path)
+    for loaded in (Graph.load(tmp_path, registry=registry), Graph.from_config(graph.to_config(), registry=registry)):
+        assert loaded.trainable_nodes == ["first"]
+        assert not loaded.get_node("first").block.frozen and loaded.get_node("alone").block.frozen
+        assert {id(p) for p in loaded.trainable_parameters()} == {
+            id(p) for p in loaded.get_node("first").block.module.parameters()}

@@ -362,7 +362,8 @@ def _graph_config(graph: Graph) -> GraphConfig:
                 f"same block_id {block.block_id!r}; give them distinct ids to serialize the graph"
             )
         entry = block_to_config(block)
-        nodes[node_id] = NodeConfig(**entry, trainable=not block.frozen, auto_connect=node_id in auto)
+        trainable = graph.is_trainable(node_id) and not block.frozen  # set_trainable or a frozen block
+        nodes[node_id] = NodeConfig(**entry, trainable=trainable, auto_connect=node_id in auto)
     return GraphConfig(
         graph_id=graph.graph_id,
         kind=graph.graph_kind,
@@ -447,7 +448,7 @@ def _shared_block(
     if entry.block_id is None or entry.block_id not in shared:
         return None
     first, seen, block = shared[entry.block_id]
-    fields = ("block_type", "config", "weights", "trainable")
+    fields = ("block_type", "config", "weights")  # `trainable` is per node (Graph.set_trainable)
     differ = [f for f in fields if getattr(seen, f) != getattr(entry, f)]
     if differ:
         raise ConfigError(
@@ -780,10 +781,10 @@ def _build_graph_sharing(
                     block = _build_block(entry, registry)
                 if entry.weights is not None and not _already_loaded(block, entry.weights, shared):
                     load_block_state(block, entry.weights)
-                if not entry.trainable:
-                    block.freeze()
                 shared[block.block_id] = (label + node_id, entry, block)
         graph.add_node(node_id, block, auto_connect=entry.auto_connect)
+        if not entry.trainable:
+            graph.set_trainable(node_id, False)
     for i, edge in enumerate(config.edges):
         with _located(f"edges.{i}"):
             graph.add_edge(edge.source_node, edge.source_port, edge.target_node, edge.target_port)
@@ -795,7 +796,22 @@ def _build_graph_sharing(
             graph.expose_output(exposed.node_id, exposed.port_name, exposed.name)
     if graph.auto_node_ids:
         graph.auto_connect()  # auto edges as the explicit ones leave them, independent of order
+    _freeze_unused(graph, shared, label)
     return graph
+
+
+def _freeze_unused(graph: Graph, shared: SharedBlocks, label: str) -> None:
+    """Saved, a block no node trained said ``trainable: false`` on every node: freeze the
+    blocks first built here that no node of this graph trains. A block from an earlier graph
+    keeps that graph's decision unless a node here trains it."""
+    trained = {id(graph.get_node(n).block) for n in graph.trainable_nodes}
+    for node_id in graph.node_ids:
+        block = graph.get_node(node_id).block
+        if id(block) in trained:
+            if block.frozen:
+                block.unfreeze()
+        elif shared[block.block_id][0] == label + node_id and not block.frozen:
+            block.freeze()
 
 
 def _already_loaded(block: Block, weights: str, shared: SharedBlocks) -> bool:
