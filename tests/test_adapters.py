@@ -227,6 +227,55 @@ def test_adapters_per_node_within_one_graph() -> None:
         torch.testing.assert_close(shared.module(x), out["author_y"])
 
 
+def test_node_id_is_set_per_node_and_restored_after_a_run_even_on_error() -> None:
+    from worldgen.adapters import current_call_context
+    from worldgen.engine.graph_block import GraphBlock
+
+    seen: list[tuple[str | None, str | None]] = []
+
+    class Probe(TinyMLP):
+        block_type = "test/probe"
+
+        def forward(self, inputs):
+            ctx = current_call_context()
+            seen.append((ctx.get("graph_id"), ctx.get("node_id")))
+            if inputs["x"] is None:
+                raise RuntimeError("boom")
+            return super().forward(inputs)
+
+    inner = one_node_graph("inner", Probe("p"), node_id="deep")
+    outer = Graph("outer")
+    outer.add_node("first", Probe("q"), auto_connect=False)
+    outer.add_node("wrap", GraphBlock(inner, "wrap"), auto_connect=False)
+    outer.add_node("last", Probe("r"), auto_connect=False)
+    outer.add_edge("first", "y", "wrap", "x")
+    outer.add_edge("wrap", "y", "last", "x")
+    outer.expose_input("first", "x", "x")
+    outer.expose_output("last", "y", "y")
+    with call_context(node_id="caller"):
+        outer.run({"x": torch.randn(2, 4)})
+        assert current_call_context()["node_id"] == "caller"  # the run's node ids do not leak out
+        with pytest.raises(RuntimeError, match="boom"):
+            outer.run({"x": None})
+        assert current_call_context()["node_id"] == "caller"
+    assert seen[:3] == [("outer", "first"), ("inner", "deep"), ("outer", "last")]
+    assert "node_id" not in current_call_context()
+
+
+def test_remote_graph_of_a_pipeline_gets_no_lora_and_gives_no_parameters() -> None:
+    pipeline = Pipeline("p")
+    pipeline.add_graph(one_node_graph("here", TinyMLP("here")))
+    pipeline.add_graph(one_node_graph("there", TinyMLP("there", config={"seed": 2})))
+    pipeline.set_endpoint("there", "http://127.0.0.1:9")  # never called here
+    stage = StageGraph("s")
+    stage.add_pipeline(pipeline, "p")
+    assert ids(trainable_parameters(stage)) == ids(pipeline.trainable_parameters())
+    lora = apply_lora(stage, rank=2, name="x")
+    assert [a.block.block_id for a in lora.adapters] == ["here"]
+    assert any(path == "p.there" and "remote graph" in why for path, why in lora.skipped)
+    assert lora_adapters_of(pipeline.get_graph("there").get_node("net").block) == []
+
+
 def test_second_default_adapter_is_an_error_naming_the_block() -> None:
     block = TinyMLP("unet_like")
     graph = one_node_graph("g", block)
@@ -247,6 +296,7 @@ def test_targets_select_blocks_and_unknown_targets_list_the_eligible_ones() -> N
     assert ids(graph.trainable_parameters()) == ids(lora.parameters())
     with pytest.raises(AdapterError, match=r"no eligible block matches targets \['nope'\].*g\.dec"):
         apply_lora(graph, targets=["nope"], name="x")
+    assert ids(graph.trainable_parameters()) == ids(lora.parameters())  # the error froze nothing
 
 
 def test_adapter_load_with_wrong_keys_names_block_and_keys() -> None:
@@ -364,6 +414,19 @@ def test_trainable_stages_and_freeze_others_on_a_world(tmp_path: Path) -> None:
         assert trainable_parameters(world) == []
         with pytest.raises(KeyError, match="no part \\['nowhere'\\]"):
             trainable_stages(world, ["nowhere"])
+    finally:
+        world.close()
+
+
+def test_world_parameters_follow_the_controls_of_the_levels_below(tmp_path: Path) -> None:
+    world, sg, net, helper = tiny_world(tmp_path)
+    try:
+        sg.set_training(["paint"])  # the stage graph's own control
+        assert ids(trainable_parameters(world)) == ids(sg.trainable_parameters()) == ids(net.module.parameters())
+        sg.set_training(None)
+        sg.get_node("touch_up").get_graph("touch_up").set_trainable("net", False)  # a graph's, two levels down
+        assert ids(trainable_parameters(world)) == ids(net.module.parameters())
+        assert not helper.frozen  # a control leaves the site out; it does not freeze the block
     finally:
         world.close()
 

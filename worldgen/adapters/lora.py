@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -60,12 +61,16 @@ class _ModuleLora:
     adapters: dict[str, LoraConfig] = field(default_factory=dict)
     default: str | None = None
     rules: list[tuple[dict[str, str], str]] = field(default_factory=list)
-    layers: list[BaseTunerLayer] = field(default_factory=list)
     tuner_paths: dict[str, BaseTunerLayer] = field(default_factory=dict)
     active: str | None | bool = False  # False: not set yet
     raw: int = 0  # >0 while reading the peft-named state dict
 
-    def choose(self, ctx: Mapping[str, str]) -> str | None:
+    def choose(self) -> str | None:
+        """The adapter for the code running now: the most specific `when` rule matching
+        the call context, else the default (the context is read only when there are rules)."""
+        if not self.rules:
+            return self.default
+        ctx = current_call_context()
         best, score = self.default, -1
         for match, name in self.rules:
             if len(match) > score and all(ctx.get(k) == v for k, v in match.items()):
@@ -75,13 +80,12 @@ class _ModuleLora:
     def activate(self, name: str | None) -> None:
         if name == self.active:
             return
-        for layer in self.layers:  # not layer.set_adapter: that would flip requires_grad
+        for layer in self.tuner_paths.values():  # not layer.set_adapter: that would flip requires_grad
             layer._active_adapter = [name] if name is not None else []
         self.active = name
 
     def reindex(self, module: torch.nn.Module) -> None:
         self.tuner_paths = {n: m for n, m in module.named_modules() if isinstance(m, BaseTunerLayer)}
-        self.layers = list(self.tuner_paths.values())
         self.active = False
 
 
@@ -97,7 +101,7 @@ def _install(module: torch.nn.Module) -> _ModuleLora:
     module.__dict__[_ATTR] = state  # plain attribute: not a submodule, not in state_dict
 
     def route(mod: torch.nn.Module, args: Any) -> None:
-        state.activate(state.choose(current_call_context()))
+        state.activate(state.choose())
 
     def base_keys(mod: torch.nn.Module, sd: dict[str, Any], prefix: str, meta: Any) -> None:
         if state.raw:
@@ -159,12 +163,13 @@ def _raw_key(state: _ModuleLora, key: str) -> str | None:
     return f"{head}.base_layer.{rest}"
 
 
-def _raw_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    state = _state(module)
-    assert state is not None
+@contextmanager
+def _peft_named(state: _ModuleLora) -> Iterator[None]:
+    """Inside, the module's state dict keeps peft's names (``base_layer``, adapter tensors):
+    what peft's own state-dict helpers compare against."""
     state.raw += 1
     try:
-        return dict(module.state_dict())
+        yield
     finally:
         state.raw -= 1
 
@@ -179,61 +184,53 @@ class LoraAdapter(Adapter):
         super().__init__(name)
         self.block = block
         self.module = module
-        self.block_ids: list[str] = [block.block_id]
-        self.sites: list[str] = []
+        self._lora = _install(module)  # the module's routing and layer index (already there)
+        self.sites: list[str] = []  # paths of the uses it covers (one module, maybe many blocks)
 
     def __repr__(self) -> str:
         return f"LoraAdapter({self.name!r}, block={self.block.block_id!r}, params={self.num_parameters()})"
 
     @property
     def lora_config(self) -> LoraConfig:
-        state = _state(self.module)
-        assert state is not None
-        return state.adapters[self.name]
+        return self._lora.adapters[self.name]
 
     @property
     def when(self) -> list[dict[str, str]]:
-        state = _state(self.module)
-        assert state is not None
-        return [dict(m) for m, n in state.rules if n == self.name]
+        return [dict(m) for m, n in self._lora.rules if n == self.name]
 
     @property
     def is_default(self) -> bool:
-        state = _state(self.module)
-        return state is not None and state.default == self.name
+        return self._lora.default == self.name
 
     def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
-        state = _state(self.module)
-        assert state is not None
         for key, param in self.module.named_parameters():
-            found = _split(state, key)
+            found = _split(self._lora, key)
             if found is not None and self.name in found[1].split(".") and not found[1].startswith("base_layer."):
                 yield key, param
 
     def trainable_parameters(self) -> Iterator[torch.nn.Parameter]:
         return (p for _, p in self.named_parameters())
 
+    def _peft_state(self) -> dict[str, torch.Tensor]:
+        """peft's adapter state dict (keys without the adapter name), the live tensors."""
+        with _peft_named(self._lora):
+            raw = dict(self.module.state_dict())
+        return get_peft_model_state_dict(self.module, state_dict=raw, adapter_name=self.name)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """peft's adapter state dict (keys without the adapter name), detached copies."""
-        sd = get_peft_model_state_dict(self.module, state_dict=_raw_state_dict(self.module), adapter_name=self.name)
-        return {k: v.detach().clone().contiguous() for k, v in sd.items()}
+        """`_peft_state`, detached copies."""
+        return {k: v.detach().clone().contiguous() for k, v in self._peft_state().items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        expected = set(self.state_dict())
+        expected = set(self._peft_state())  # keys only: no copies
         given = set(state)
         if given != expected:
             raise AdapterError(
                 f"LoRA adapter {self.name!r} on block {self.block.block_id!r}: "
                 f"missing keys {sorted(expected - given)[:5]}, unexpected keys {sorted(given - expected)[:5]}"
             )
-        mod_state = _state(self.module)
-        assert mod_state is not None
-        mod_state.raw += 1  # peft compares against the module's own (peft-named) state dict
-        try:
-            with torch.no_grad():
-                result = set_peft_model_state_dict(self.module, dict(state), adapter_name=self.name)
-        finally:
-            mod_state.raw -= 1
+        with _peft_named(self._lora), torch.no_grad():
+            result = set_peft_model_state_dict(self.module, dict(state), adapter_name=self.name)
         bad = [k for k in getattr(result, "unexpected_keys", []) if f".{self.name}." in k]
         if bad:
             raise AdapterError(f"LoRA adapter {self.name!r} on block {self.block.block_id!r}: not loaded {bad[:5]}")
@@ -264,7 +261,6 @@ class LoraSet:
     adapters: list[LoraAdapter] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     frozen: list[str] = field(default_factory=list)
-    prompt_slots: list[OtherSite] = field(default_factory=list)
     prompt_adapters: list[Any] = field(default_factory=list)  # PromptAdapters put on chat models
 
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -344,13 +340,15 @@ def apply_lora(
         when = {str(k): str(v) for k, v in when.items()}
     result = LoraSet()
     by_module: dict[int, LoraAdapter] = {}
-    sites = list(walk(obj))
     chosen: list[BlockSite] = []
-    for site in sites:  # first freeze what gets no adapter, so a shared module is not refrozen later
+    others: list[BlockSite] = []
+    unmatched: list[str] = []  # eligible, but not in targets
+    prompt_slots: list[OtherSite] = []  # block-less parts with a chat model
+    for site in walk(obj):
         if isinstance(site, OtherSite):
             result.skipped.append((site.path, site.reason))
             if site.llm is not None:
-                result.prompt_slots.append(site)
+                prompt_slots.append(site)
             continue
         reason = _ineligible(site.block, getattr(site.block, "module", None))
         if reason is None and not site.matches(targets):
@@ -358,12 +356,18 @@ def apply_lora(
         if reason is None:
             chosen.append(site)
             continue
+        others.append(site)
+        if reason == "not in targets":
+            unmatched.append(site.path)
+        if reason != "no parameters":
+            result.skipped.append((site.path, reason))
+    if targets is not None and not chosen:  # before anything is frozen
+        raise AdapterError(f"apply_lora: no eligible block matches targets {targets!r} "
+                           f"(eligible blocks: {sorted(set(unmatched))})")
+    for site in others:  # first freeze what gets no adapter, so a shared module is not refrozen later
         if freeze_base and any(True for _ in site.block.trainable_parameters()):
             site.block.freeze()
             result.frozen.append(site.path)
-        if reason != "no parameters":
-            result.skipped.append((site.path, reason))
-    found_target = bool(chosen)
     for site in chosen:
         block, module = site.block, site.block.module  # type: ignore[attr-defined]
         adapter = by_module.get(id(module))
@@ -372,19 +376,14 @@ def apply_lora(
                               dropout=dropout, init_lora_weights=init_lora_weights)
             by_module[id(module)] = adapter
             result.adapters.append(adapter)
-        elif block.block_id not in adapter.block_ids:
-            adapter.block_ids.append(block.block_id)
         adapter.sites.append(site.path)
         if freeze_base:
             _freeze_base(block, module)
             result.frozen.append(site.path)
-    if targets is not None and not found_target:
-        eligible = sorted({s.path for s in sites if isinstance(s, BlockSite) and _ineligible(s.block, getattr(s.block, "module", None)) is None})
-        raise AdapterError(f"apply_lora: no eligible block matches targets {targets!r} (eligible blocks: {eligible})")
     if prompt_adapters:
         from worldgen.adapters.prompt import PromptAdaptedChatModel, PromptAdapter
 
-        for site in result.prompt_slots:
+        for site in prompt_slots:
             if isinstance(site.llm, PromptAdaptedChatModel):
                 result.prompt_adapters.append(site.llm.adapter)
                 continue
@@ -446,9 +445,7 @@ def load_lora(obj: Any, directory: str | PathLike[str], names: Sequence[str] | N
                     init_lora_weights=cfg["init_lora_weights"], extra={k: cfg[k] for k in ("bias", "use_rslora", "use_dora")},
                     default=cfg.get("default", not when_rules),
                 )
-                st = _state(module)
-                assert st is not None
-                st.rules += [(dict(r), name) for r in when_rules[1:]]
+                adapter._lora.rules += [(dict(r), name) for r in when_rules[1:]]
             prefix = f"{bid}/"
             adapter.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
             _freeze_base(block, module)

@@ -222,9 +222,9 @@ def optimize_prompt(
         return sum(values) / len(values) if values else float("-inf")
 
     candidates: list[str | None] = []
-    for c in (adapter.instruction, *instructions):
+    for c in (adapter.instruction or None, *(i or None for i in instructions)):  # "" is no instruction
         if c not in candidates:
-            candidates.append(c or None)
+            candidates.append(c)
     history: list[dict[str, Any]] = []
     demos: tuple[Demo, ...] = tuple(adapter.demos)
     baseline = evaluate(adapter.instruction, demos)

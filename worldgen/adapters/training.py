@@ -1,9 +1,9 @@
 """Choosing what trains, at any level (levels.md §7 "Controls", "Shared block").
 
-Graph and Pipeline carry their own controls (`Graph.set_trainable(node_id, ...)`,
-`Pipeline.set_trainable(pid, ...)` / `freeze_others`); a StageGraph and a World have none
-of their own, so these helpers reach their blocks through `walk` and use the block's
-`freeze()`. Every helper keeps the rule of a shared block: it stays trainable while any of
+Graph, Pipeline and StageGraph carry their own controls (`Graph.set_trainable(node_id, ...)`,
+`Pipeline.set_trainable(pid, ...)` / `freeze_others`, `StageGraph.set_training`), which
+`trainable_parameters` honours at any depth; a World has none of its own, so `freeze_others`
+above a Pipeline reaches the blocks through `walk` and uses the block's `freeze()`. Every helper keeps the rule of a shared block: it stays trainable while any of
 its users is kept, and it reaches the optimizer once.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from worldgen.adapters.base import unique_parameters
+from worldgen.adapters.base import Adapter, unique_parameters
 from worldgen.adapters.walk import BlockSite, OtherSite, walk
 from worldgen.blocks.base import Block
 from worldgen.engine.graph import Graph
@@ -23,20 +23,19 @@ __all__ = ["freeze_others", "trainable_parameters", "trainable_stages"]
 
 def trainable_parameters(obj: Any) -> list[Any]:
     """The parameters an optimizer should get for `obj` (any level, a Stage, a `LoraSet`, an
-    adapter), each once. A Graph or Pipeline answers with its own controls; above them, the
-    blocks of every pipeline and graph, plus whatever a block-less part (e.g. a wrapped chat
-    model) exposes through ``trainable_parameters()``."""
-    if isinstance(obj, Block | Graph | Pipeline):
+    adapter), each once. A Graph or Pipeline answers itself; above them, the blocks of every
+    site the levels' own controls keep (`BlockSite.trainable`), plus whatever a block-less
+    part (e.g. a wrapped chat model) exposes through ``trainable_parameters()``."""
+    if isinstance(obj, Block | Graph | Pipeline | Adapter):
         return unique_parameters([obj.trainable_parameters()])
-    if hasattr(obj, "parameters") and hasattr(obj, "adapters"):  # a LoraSet
+    if hasattr(obj, "parameters") and hasattr(obj, "adapters"):  # a LoraSet (lora.py imports torch)
         return list(obj.parameters())
-    if hasattr(obj, "trainable_parameters") and hasattr(obj, "kind"):  # an Adapter
-        return unique_parameters([obj.trainable_parameters()])
     groups: list[Iterable[Any]] = []
     levels: dict[int, Any] = {}
     for site in walk(obj):
         if isinstance(site, BlockSite):
-            groups.append(site.block.trainable_parameters())
+            if site.trainable:
+                groups.append(site.block.trainable_parameters())
         elif isinstance(site, OtherSite):
             for part in (site.obj, site.llm):
                 if part is not None and callable(getattr(part, "trainable_parameters", None)):
@@ -60,9 +59,9 @@ def freeze_others(obj: Any, keep: str | Iterable[str]) -> list[str]:
         _check_known(kept, obj.graph_ids, f"pipeline {obj.pipeline_id!r}", "graph")
         obj.freeze_others(*kept)
         return [p for p in obj.graph_ids if p not in kept]
-    sites = [s for s in walk(obj) if isinstance(s, BlockSite)]
-    names = {v for s in sites for v in s.context.values()} | {s.path.split(".")[0] for s in sites}
-    names |= {v for s in walk(obj) if isinstance(s, OtherSite) for v in s.context.values()}
+    every = list(walk(obj))
+    sites = [s for s in every if isinstance(s, BlockSite)]
+    names = {v for s in every for v in s.context.values()} | {s.path.split(".")[0] for s in sites}
     _check_known(kept, sorted(names), type(obj).__name__, "part")
     keep_ids = {id(s.block) for s in sites if _kept(s, kept)}
     frozen: list[str] = []

@@ -24,11 +24,14 @@ __all__ = ["BlockSite", "OtherSite", "walk"]
 
 @dataclass(frozen=True)
 class BlockSite:
-    """One use of a block: the block, a readable path, and the call-context keys of the site."""
+    """One use of a block: the block, a readable path, and the call-context keys of the site.
+    `trainable` is False when a level's own controls leave the site out (`Graph.set_trainable`,
+    `Pipeline.set_trainable`, `StageGraph.set_training`), as their `trainable_parameters` do."""
 
     block: Block
     path: str
     context: Mapping[str, str] = field(default_factory=dict)
+    trainable: bool = True
 
     @property
     def node_id(self) -> str | None:
@@ -59,52 +62,59 @@ class OtherSite:
 
 def walk(obj: Any) -> Iterator[BlockSite | OtherSite]:
     """Every block use and every block-less part under `obj` (any level, or a Stage)."""
-    yield from _walk(obj, "", {})
+    yield from _walk(obj, "", {}, True)
 
 
-def _walk(obj: Any, path: str, ctx: dict[str, str]) -> Iterator[BlockSite | OtherSite]:
+def _walk(obj: Any, path: str, ctx: dict[str, str], on: bool) -> Iterator[BlockSite | OtherSite]:
     from worldgen.stage import Stage
     from worldgen.stage_graph import StageGraph
 
     if isinstance(obj, Block):
-        yield from _walk_block(obj, path or obj.block_id, ctx)
+        yield from _walk_block(obj, path or obj.block_id, ctx, on)
     elif isinstance(obj, Graph):
-        yield from _walk_graph(obj, path, ctx)
+        yield from _walk_graph(obj, path, ctx, on)
     elif isinstance(obj, Pipeline):
         pctx = {**ctx, "pipeline_id": obj.pipeline_id}
         for pid in obj.graph_ids:
-            yield from _walk_graph(obj.get_graph(pid), _join_level(path, pid), pctx)
+            remote = obj.get_endpoint(pid)
+            if remote is not None:  # as Pipeline.trainable_parameters: its local copy never runs
+                yield OtherSite(remote, _join_level(path, pid), f"remote graph ({remote.endpoint_url}): "
+                                "trains where it is served", {**pctx, "graph_id": pid})
+                continue
+            yield from _walk_graph(obj.get_graph(pid), _join_level(path, pid), pctx, on and obj.is_trainable(pid))
     elif isinstance(obj, StageGraph):
         sctx = {**ctx, "stage_id": ctx.get("stage_id", obj.stage_id)}
+        kept = obj.trainable_nodes
         for nid in obj.node_ids:
-            yield from _walk(obj.get_node(nid), _join(path, nid), sctx)
+            yield from _walk(obj.get_node(nid), _join(path, nid), sctx, on and (kept is None or nid in kept))
     elif isinstance(obj, Stage):
         sctx = {**ctx, "stage_id": obj.name, "role": obj.role}
         inner = getattr(obj, "stage_graph", None)  # a driver (e.g. per image slot) may wrap the graph
-        yield from _walk(inner if inner is not None else obj.impl, path or obj.name, sctx)
+        yield from _walk(inner if inner is not None else obj.impl, path or obj.name, sctx, on)
     elif isinstance(getattr(obj, "stages", None), Mapping):  # a World (duck-typed: world.py is not imported)
         for key, stage in obj.stages.items():
-            yield from _walk(stage, _join(path, str(key)), ctx)
+            yield from _walk(stage, _join(path, str(key)), ctx, on)
     elif isinstance(getattr(obj, "stage_graph", None), StageGraph):
-        yield from _walk(obj.stage_graph, path, ctx)
+        yield from _walk(obj.stage_graph, path, ctx, on)
     else:
         yield from _other(obj, path or type(obj).__name__, ctx)
 
 
-def _walk_graph(graph: Graph, path: str, ctx: dict[str, str]) -> Iterator[BlockSite | OtherSite]:
+def _walk_graph(graph: Graph, path: str, ctx: dict[str, str], on: bool) -> Iterator[BlockSite | OtherSite]:
     gpath = _join_level(path, graph.graph_id)
     for nid in graph.node_ids:
         block = graph.get_node(nid).block
-        yield from _walk_block(block, _join(gpath, nid), {**ctx, "graph_id": graph.graph_id, "node_id": nid})
+        yield from _walk_block(block, _join(gpath, nid), {**ctx, "graph_id": graph.graph_id, "node_id": nid},
+                               on and graph.is_trainable(nid))
 
 
-def _walk_block(block: Block, path: str, ctx: dict[str, str]) -> Iterator[BlockSite | OtherSite]:
+def _walk_block(block: Block, path: str, ctx: dict[str, str], on: bool) -> Iterator[BlockSite | OtherSite]:
     if isinstance(block, GraphBlock):
-        yield from _walk_graph(block.graph, path, ctx)
+        yield from _walk_graph(block.graph, path, ctx, on)
         return
-    yield BlockSite(block, path, dict(ctx))
+    yield BlockSite(block, path, dict(ctx), on)
     for name, sub in block.get_sub_blocks().items():
-        yield from _walk_block(sub, _join(path, name), ctx)
+        yield from _walk_block(sub, _join(path, name), ctx, on)
 
 
 def _other(obj: Any, path: str, ctx: dict[str, str]) -> Iterator[OtherSite]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from worldgen.blocks.ports import PortAggregation, PortDirection
 from worldgen.blocks.roles import block_role
 from worldgen.engine.aggregation import aggregate
-from worldgen.engine.context import enter_node, exit_node
+from worldgen.engine.context import enter_node, exit_node, set_node
 from worldgen.engine.plan import NodeCall, PlanStep
 
 if TYPE_CHECKING:
@@ -64,16 +64,20 @@ def run_graph(
         if device is not None:
             block.to(device)
     buffer: dict[_Key, Any] = {}
-    for step in plan.steps:
-        if step.kind == "node":
-            _call(step.calls[0], buffer, seeds, hooks, dry_run, None, None)
-            continue
-        steps = _loop_steps(graph, step, num_loop_steps)
-        for i in range(steps):
-            _emit(hooks, step.rep, LOOP_START, buffer=buffer, iteration=i, num_steps=steps, node_ids=step.node_ids)
-            for call in step.calls:
-                _call(call, buffer, seeds, hooks, dry_run, i, steps)
-            _emit(hooks, step.rep, LOOP_END, buffer=buffer, iteration=i, num_steps=steps, node_ids=step.node_ids)
+    token = enter_node()  # each call sets node_id (set_node); one reset per run, not per node
+    try:
+        for step in plan.steps:
+            if step.kind == "node":
+                _call(step.calls[0], buffer, seeds, hooks, dry_run, None, None)
+                continue
+            steps = _loop_steps(graph, step, num_loop_steps)
+            for i in range(steps):
+                _emit(hooks, step.rep, LOOP_START, buffer=buffer, iteration=i, num_steps=steps, node_ids=step.node_ids)
+                for call in step.calls:
+                    _call(call, buffer, seeds, hooks, dry_run, i, steps)
+                _emit(hooks, step.rep, LOOP_END, buffer=buffer, iteration=i, num_steps=steps, node_ids=step.node_ids)
+    finally:
+        exit_node(token)
     return _collect(graph, buffer)
 
 
@@ -111,16 +115,13 @@ def _call(
                 f"node {node_id!r}: required input port {wire.port!r} has no value "
                 f"(no edge value yet, no seed in the run inputs, no config default)"
             )
+    set_node(node_id)  # lets a shared block act per use site (worldgen.engine.context)
     if hooks:
         _emit(hooks, node_id, BEFORE, buffer=buffer, inputs=values, iteration=iteration, num_steps=num_steps)
     if dry_run:
         outputs: Mapping[str, Any] = dict.fromkeys(call.outputs)
     else:
-        token = enter_node(node_id)  # lets a shared block act per use site (worldgen.engine.context)
-        try:
-            outputs = block.forward(values)
-        finally:
-            exit_node(token)
+        outputs = block.forward(values)
         if not isinstance(outputs, Mapping):
             raise TypeError(f"node {node_id!r}: forward() returned {type(outputs).__name__}, expected a dict")
     for port, value in outputs.items():
@@ -132,7 +133,6 @@ def _call(
 
 def _seeds(graph: Graph, inputs: Mapping[Any, Any]) -> dict[_Key, Any]:
     exposed = graph.exposed_inputs()
-    fan_out = graph._fan_out  # a run key seeding several ports (rare; read once per run)
     seeds: dict[_Key, Any] = {}
     unknown: list[Any] = []
     for key, value in inputs.items():
@@ -142,9 +142,8 @@ def _seeds(graph: Graph, inputs: Mapping[Any, Any]) -> dict[_Key, Any]:
                 raise ValueError(f"run input {key!r}: node {node_id!r} has no input port {port!r}")
             seeds[(node_id, port)] = value
         elif key in exposed:
-            seeds[(exposed[key].node_id, exposed[key].port_name)] = value
-            if fan_out and key in fan_out:
-                seeds.update({(e.node_id, e.port_name): value for e in fan_out[key]})
+            for port in (exposed[key], *graph.fan_out_ports(key)):  # a fanned-out key seeds several
+                seeds[(port.node_id, port.port_name)] = value
         else:
             unknown.append(key)
     if unknown:
