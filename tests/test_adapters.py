@@ -276,6 +276,22 @@ def test_remote_graph_of_a_pipeline_gets_no_lora_and_gives_no_parameters() -> No
     assert lora_adapters_of(pipeline.get_graph("there").get_node("net").block) == []
 
 
+def test_remote_stage_nodes_and_stages_get_no_lora_and_give_no_parameters() -> None:
+    here, there = TinyMLP("here"), TinyMLP("there", config={"seed": 2})
+    stage = StageGraph("s")
+    stage.add_pipeline(one_node_graph("here", here), "here")
+    stage.add_pipeline(one_node_graph("there", there), "there")
+    stage.set_node_endpoint("there", "http://127.0.0.1:9")  # never called here
+    assert ids(trainable_parameters(stage)) == ids(stage.trainable_parameters()) == ids(here.module.parameters())
+    lora = apply_lora(stage, rank=2, name="x")
+    assert [a.block.block_id for a in lora.adapters] == ["here"]
+    assert any(path == "there" and "remote stage node" in why for path, why in lora.skipped)
+    assert lora_adapters_of(there) == []
+
+    stage.set_endpoint("http://127.0.0.1:9")  # the whole stage served elsewhere
+    assert list(stage.trainable_parameters()) == [] == trainable_parameters(stage)
+
+
 def test_second_default_adapter_is_an_error_naming_the_block() -> None:
     block = TinyMLP("unet_like")
     graph = one_node_graph("g", block)

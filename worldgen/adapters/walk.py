@@ -78,14 +78,19 @@ def _walk(obj: Any, path: str, ctx: dict[str, str], on: bool) -> Iterator[BlockS
         for pid in obj.graph_ids:
             remote = obj.get_endpoint(pid)
             if remote is not None:  # as Pipeline.trainable_parameters: its local copy never runs
-                yield OtherSite(remote, _join_level(path, pid), f"remote graph ({remote.endpoint_url}): "
-                                "trains where it is served", {**pctx, "graph_id": pid})
+                yield _remote_site(remote, _join_level(path, pid), "graph", {**pctx, "graph_id": pid})
                 continue
             yield from _walk_graph(obj.get_graph(pid), _join_level(path, pid), pctx, on and obj.is_trainable(pid))
     elif isinstance(obj, StageGraph):
         sctx = {**ctx, "stage_id": ctx.get("stage_id", obj.stage_id)}
+        if obj.remote is not None:  # as StageGraph.trainable_parameters: the local copy never runs
+            yield _remote_site(obj.remote, path or obj.stage_id, "stage", sctx)
+            return
         kept = obj.trainable_nodes
         for nid in obj.node_ids:
+            if (remote := obj.get_node_endpoint(nid)) is not None:
+                yield _remote_site(remote, _join(path, nid), "stage node", sctx)
+                continue
             yield from _walk(obj.get_node(nid), _join(path, nid), sctx, on and (kept is None or nid in kept))
     elif isinstance(obj, Stage):
         sctx = {**ctx, "stage_id": obj.name, "role": obj.role}
@@ -98,6 +103,10 @@ def _walk(obj: Any, path: str, ctx: dict[str, str], on: bool) -> Iterator[BlockS
         yield from _walk(obj.stage_graph, path, ctx, on)
     else:
         yield from _other(obj, path or type(obj).__name__, ctx)
+
+
+def _remote_site(remote: Any, path: str, what: str, ctx: dict[str, str]) -> OtherSite:
+    return OtherSite(remote, path, f"remote {what} ({remote.endpoint_url}): trains where it is served", ctx)
 
 
 def _walk_graph(graph: Graph, path: str, ctx: dict[str, str], on: bool) -> Iterator[BlockSite | OtherSite]:

@@ -92,6 +92,10 @@ class StageGraph:
         """The pipeline or runnable of a node."""
         return self._node(node_id).impl
 
+    def get_node_endpoint(self, node_id: str) -> Any:
+        """The remote descriptor a node runs on (`set_node_endpoint`, `add_remote`), or None."""
+        return self._node(node_id).remote
+
     def get_input_spec(self, node_id: str) -> dict[str, str]:
         """``{port: dtype}`` of a node's inputs."""
         return {p: t.value for p, t in self._node(node_id).inputs.items()}
@@ -243,6 +247,8 @@ class StageGraph:
         return [group]
 
     def _trainable_ids(self) -> list[str]:
+        if self.remote is not None:  # the whole stage runs (and trains) where it is served
+            return []
         ids = self.node_ids if self.trainable_nodes is None else self.trainable_nodes
         return [n for n in ids if self._nodes[n].kind == "pipeline" and self._nodes[n].remote is None]
 
