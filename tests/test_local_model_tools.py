@@ -323,6 +323,7 @@ def test_a_missing_folder_names_the_ref_and_the_tool(tmp_path: Path, picture: Pa
     with pytest.raises(ModelNotFoundError, match="requested by \"tool 'describe_image'\"") as info:
         image_description_tool(missing).invoke({"image": str(picture)})
     assert info.value.ref == str(missing)
+    assert str(info.value).count("could not be loaded") == 1  # the pool does not wrap its own error
     with pytest.raises(ModelNotFoundError, match="no-such-model"):
         TransformersEmbeddings(missing).embed_query("a")
     with pytest.raises(ModelNotFoundError, match="no-such-model.*local_chat_model"):
@@ -416,9 +417,14 @@ def test_pickle_only_diffusers_component_is_refused(tiny_sd: Path, tmp_path: Pat
         assert torch.equal(p, q), name
     assert opted.to_config()["config"]["allow_pickle"] is True  # the opt-in is saved with the node
 
-    # the whole-pipeline renderer checks every component folder
+    # the whole-pipeline renderer, and the pool's own loader on a pipeline folder, check
+    # every component folder
     with pytest.raises(PickleCheckpointError, match="unet/diffusion_pytorch_model.bin"):
         DiffusersTextToImage(sd).load()
+    from diffusers import DiffusionPipeline
+
+    with pytest.raises(PickleCheckpointError, match="unet/diffusion_pytorch_model.bin"):
+        pool.get(sd, cls=DiffusionPipeline)
     assert DiffusersTextToImage(sd, allow_pickle=True).load() is not None
 
 

@@ -145,13 +145,16 @@ def _load_folder(path: Path, *, allow_pickle: bool = False, requested_by: str | 
 
     from worldgen.local_models.safety import safe_load_kwargs
 
+    if not path.is_dir():  # else transformers reads the path as a hub repo id and says so
+        raise FileNotFoundError(f"causal LM folder {str(path)!r} does not exist (nothing is downloaded)")
     safe = safe_load_kwargs(path, allow_pickle=allow_pickle, requested_by=requested_by)  # before any read
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **safe)
     model.eval()
     seconds = time.perf_counter() - start
-    logger.info("loaded %s from safetensors in %.1fs", path, seconds)
+    logger.info("loaded %s from %s in %.1fs", path,
+                "safetensors" if safe["use_safetensors"] else "pickles (weights_only)", seconds)
     return LoadedModel(model, tokenizer, path, "safetensors", seconds)
 
 

@@ -227,6 +227,15 @@ class _Hold:
         return all(getattr(key, name) == want for name, want in self.options.items())
 
 
+def _key(ref: str | os.PathLike[str], *, cls: Any, subfolder: str | None, dtype: Any, device: Any,
+         options: Mapping[str, Any] | None, allow_pickle: bool | None) -> PoolKey:
+    """The key of `get` and `aget`: the pickle opt-in is a load option (an opted-in load is
+    another object than a safetensors-only one)."""
+    if allow_pickle:
+        options = {**(options or {}), "allow_pickle": True}
+    return PoolKey.make(ref, model_cls=cls, subfolder=subfolder, dtype=dtype, device=device, options=options)
+
+
 class Lease(Generic[T]):
     """A model taken from the pool and marked in use until `release()` (or the end of a
     ``with`` block): the pool never evicts it meanwhile."""
@@ -283,11 +292,9 @@ class ModelPool:
         missing ref raises `ModelNotFoundError` naming `ref` and `requested_by` (default: the
         innermost ``with requesting(...)``).
         """
-        if allow_pickle:
-            options = {**(options or {}), "allow_pickle": True}
         requested_by = requester(requested_by)
-        key = PoolKey.make(ref, model_cls=cls, subfolder=subfolder, dtype=dtype, device=device,
-                           options=options)
+        key = _key(ref, cls=cls, subfolder=subfolder, dtype=dtype, device=device, options=options,
+                   allow_pickle=allow_pickle)
         if not share:
             value = self._load(key, ref, loader, cls, dtype, device, requested_by)
             with self._lock:
@@ -316,13 +323,8 @@ class ModelPool:
         """`get` without blocking the event loop: a hit returns at once, a load runs in a
         worker thread."""
         if kwargs.get("share", True):
-            options = kwargs.get("options")
-            if kwargs.get("allow_pickle"):
-                options = {**(options or {}), "allow_pickle": True}
-            key = PoolKey.make(ref, model_cls=kwargs.get("cls"), subfolder=kwargs.get("subfolder"),
-                               dtype=kwargs.get("dtype"), device=kwargs.get("device"),
-                               options=options)
-            hit = self._lookup(key)
+            names = ("cls", "subfolder", "dtype", "device", "options", "allow_pickle")
+            hit = self._lookup(_key(ref, **{k: kwargs.get(k) for k in names}))
             if hit is not None:
                 return hit.value  # type: ignore[no-any-return]
         return await asyncio.to_thread(self.get, ref, loader, **kwargs)
@@ -421,12 +423,11 @@ class ModelPool:
                 from worldgen.local_models.safety import safe_load_kwargs
 
                 folder = os.path.join(key.ref, key.subfolder or "")
-                allow = isinstance(key.options, tuple) and ("allow_pickle", True) in key.options
-                library = "diffusers" if "diffusers" in (_class_name(cls) or "") else "transformers"
+                allow = ("allow_pickle", True) in key.options
                 kwargs: dict[str, Any] = {
                     "local_files_only": True,
                     **safe_load_kwargs(folder, ref=folder.rstrip(os.sep), allow_pickle=allow,
-                                       requested_by=requested_by, library=library),
+                                       requested_by=requested_by),
                 }
                 if key.subfolder:
                     kwargs["subfolder"] = key.subfolder
@@ -435,9 +436,9 @@ class ModelPool:
                 value = cls.from_pretrained(key.ref, **kwargs)
             else:
                 raise TypeError("ModelPool.get needs a loader or a cls with from_pretrained")
-        except FileNotFoundError as exc:
-            raise ModelNotFoundError(key.ref, requested_by, exc) from exc
-        except OSError as exc:  # transformers/diffusers report missing local files as OSError
+        except ModelNotFoundError:
+            raise  # a nested load (or the loader) already named the ref and who asked
+        except OSError as exc:  # FileNotFoundError; transformers/diffusers report missing files as OSError
             raise ModelNotFoundError(key.ref, requested_by, exc) from exc
         if dtype is not None or device is not None:
             import sys

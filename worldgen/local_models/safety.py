@@ -10,6 +10,7 @@ a pickle that tries to call anything else still fails.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,6 @@ from typing import Any, Literal
 __all__ = [
     "PICKLE_SUFFIXES",
     "PickleCheckpointError",
-    "load_torch_file",
     "pickle_files",
     "safe_load_kwargs",
     "weights_format",
@@ -72,45 +72,48 @@ def pickle_files(folder: str | os.PathLike[str], *, components: bool = False) ->
     )
 
 
+def _is_pipeline(folder: Path) -> bool:
+    return (folder / "model_index.json").is_file()
+
+
+def _is_diffusers_component(folder: Path) -> bool:
+    """diffusers writes ``_diffusers_version`` into a model's ``config.json`` (transformers
+    writes ``transformers_version``)."""
+    try:
+        return "_diffusers_version" in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def safe_load_kwargs(
     folder: str | os.PathLike[str],
     *,
     ref: str | None = None,
     allow_pickle: bool = False,
     requested_by: str | None = None,
-    library: Literal["transformers", "diffusers"] = "transformers",
-    components: bool = False,
 ) -> dict[str, Any]:
-    """``from_pretrained`` keywords that load `folder` safely.
+    """``from_pretrained`` keywords that load `folder` safely: the one pickle check of every
+    local load path (the pool's default loader and the custom loaders alike).
 
-    ``{"use_safetensors": True}`` unless the folder (or, with `components`, one of its
-    subfolders, as in a diffusers pipeline) holds only pickles: then `PickleCheckpointError`
-    without `allow_pickle`, and with it keywords that let pickles load with
-    ``weights_only=True`` (transformers: ``use_safetensors=False, weights_only=True``;
-    diffusers, which always passes ``weights_only=True``: its default, safetensors first). A
-    missing folder gets the safetensors keywords, so the loader's "not found" error names it.
+    ``{"use_safetensors": True}`` unless the folder (or, for a diffusers pipeline, i.e. a
+    folder with ``model_index.json``, one of its component subfolders) holds only pickles:
+    then `PickleCheckpointError` without `allow_pickle`, and with it keywords that let
+    pickles load with ``weights_only=True`` (transformers: ``use_safetensors=False,
+    weights_only=True``; diffusers, which always passes ``weights_only=True``: its default,
+    safetensors first). Which library reads the folder is read from the folder itself, so
+    callers need not say. A missing folder gets the safetensors keywords, so the loader's
+    "not found" error names it.
     """
-    found = pickle_files(folder, components=components)
+    root = Path(folder)
+    pipeline = _is_pipeline(root)
+    found = pickle_files(root, components=pipeline)
     if not found:
         return {"use_safetensors": True}
     if not allow_pickle:
         raise PickleCheckpointError(ref or str(folder), found, requested_by)
-    if library == "diffusers":
-        return {"use_safetensors": None} if components else {"use_safetensors": False}
+    if pipeline:
+        return {"use_safetensors": None}
+    if _is_diffusers_component(root):
+        return {"use_safetensors": False}
     return {"use_safetensors": False, "weights_only": True}
 
-
-def load_torch_file(path: str | os.PathLike[str], *, allow_pickle: bool = False,
-                    requested_by: str | None = None) -> Any:
-    """A tensor file: safetensors always; a pickle only with `allow_pickle`, then with
-    ``torch.load(weights_only=True)``."""
-    path = Path(path)
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    if not allow_pickle:
-        raise PickleCheckpointError(str(path), [path.name], requested_by)
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)

@@ -37,6 +37,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -110,10 +111,33 @@ def _local_tool(
     )
 
 
-def _missing(folder: Path, what: str, requested_by: str | None = None) -> ModelNotFoundError:
-    """The pool's "not found" error (names the ref and who asked), raised before any load."""
-    cause = FileNotFoundError(f"{what} folder does not exist (local folders only; nothing is downloaded)")
-    return ModelNotFoundError(str(folder), requester(requested_by), cause)
+def _not_there(what: str) -> FileNotFoundError:
+    return FileNotFoundError(f"{what} folder does not exist (local folders only; nothing is downloaded)")
+
+
+def _pooled(
+    folder: str | os.PathLike[str],
+    build: Callable[[Path, dict[str, Any]], Any],
+    *,
+    what: str,
+    cls: str,
+    pool: ModelPool | None,
+    allow_pickle: bool,
+    requested_by: str | None,
+) -> Any:
+    """``build(path, safe)`` once per folder, through the pool: the one load path of the
+    transformers loaders here. `safe` are the ``from_pretrained`` keywords of the pickle
+    check (`safe_load_kwargs`, run before any read). A missing folder fails before
+    transformers would take it for a hub id; the pool's error names the ref and who asked."""
+    path = _folder(folder)
+    requested_by = requester(requested_by)
+
+    def load() -> Any:
+        if not path.is_dir():
+            raise _not_there(what)
+        return build(path, safe_load_kwargs(path, allow_pickle=allow_pickle, requested_by=requested_by))
+
+    return resolve_pool(pool).get(str(path), load, cls=cls, allow_pickle=allow_pickle, requested_by=requested_by)
 
 
 # =============================================================== text → image (graph)
@@ -158,8 +182,7 @@ def text_to_image_tool(
         if "graph" not in state:
             from worldgen.engine.templates import graph_from_template
 
-            if not folder.is_dir():
-                raise _missing(folder, "diffusers checkpoint", f"tool {name!r}")
+            # a missing folder fails in the first block's load, naming the ref and this tool
             with using_pool(resolve_pool(pool)), requesting(f"tool {name!r}"):
                 state["graph"] = graph_from_template("text_to_image", checkpoint=folder, **params)
         return state["graph"]
@@ -189,8 +212,8 @@ def text_to_image_tool(
             if "negative_prompt" in g.exposed_inputs():
                 inputs["negative_prompt"] = negative_prompt
             image = to_pil(g.run(inputs)["image"])[0]
-        image.info.update(renderer=f"graph:text_to_image:{folder}", prompt=prompt, seed=seed)
-        return write(image), image
+            image.info.update(renderer=f"graph:text_to_image:{folder}", prompt=prompt, seed=seed)
+            return write(image), image  # under the lock too: the output dir is made once
 
     return _local_tool(
         run,
@@ -222,8 +245,8 @@ def local_chat_model(
     from worldgen.local_models.chat_model import ChatTransformers
 
     folder = _folder(folder)
-    if not folder.is_dir():
-        raise _missing(folder, "causal LM", "local_chat_model")
+    if not folder.is_dir():  # fail now, not at the first (lazy) load
+        raise ModelNotFoundError(str(folder), requester("local_chat_model"), _not_there("causal LM"))
     return ChatTransformers.from_pretrained(folder, pool=pool, allow_pickle=allow_pickle, **kwargs)
 
 
@@ -308,15 +331,10 @@ def load_image_to_text(
     """A local image-to-text checkpoint through the pool (one object per folder). The model
     class is the one ``config.json`` names under ``architectures`` (e.g.
     ``BlipForConditionalGeneration``, ``VisionEncoderDecoderModel``); it must generate."""
-    path = _folder(folder)
-    requested_by = requester(requested_by)
 
-    def load() -> LoadedImageToText:
+    def build(path: Path, safe: dict[str, Any]) -> LoadedImageToText:
         import transformers
 
-        if not path.is_dir():
-            raise _missing(path, "image-to-text", requested_by)
-        safe = safe_load_kwargs(path, allow_pickle=allow_pickle, requested_by=requested_by)
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
         names = list(getattr(config, "architectures", None) or [])
         cls = getattr(transformers, names[0], None) if names else None
@@ -336,9 +354,8 @@ def load_image_to_text(
             tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
             return LoadedImageToText(model, None, image_processor, tokenizer)
 
-    return resolve_pool(pool).get(
-        str(path), load, cls="transformers:image_to_text", allow_pickle=allow_pickle, requested_by=requested_by
-    )
+    return _pooled(folder, build, what="image-to-text", cls="transformers:image_to_text", pool=pool,
+                   allow_pickle=allow_pickle, requested_by=requested_by)
 
 
 class ImageDescriptionArgs(BaseModel):
@@ -424,10 +441,27 @@ def image_description_tool(
 # ========================================================================= embeddings
 @dataclass(frozen=True)
 class LoadedTextEncoder:
-    """A transformers encoder and its tokenizer."""
+    """A transformers encoder and its tokenizer (pooled: what is derived from them is worked
+    out once per load, not per embedding call)."""
 
     model: Any
     tokenizer: Any
+
+    @cached_property
+    def max_length(self) -> int:
+        """The longest input both the tokenizer and the position embeddings take."""
+        return min(int(getattr(self.tokenizer, "model_max_length", 512) or 512),
+                   int(getattr(self.model.config, "max_position_embeddings", 512) or 512))
+
+    @cached_property
+    def takes_token_type_ids(self) -> bool:
+        """Whether ``forward`` accepts the ``token_type_ids`` a BERT-style tokenizer emits."""
+        import inspect
+
+        try:
+            return "token_type_ids" in inspect.signature(self.model.forward).parameters
+        except (TypeError, ValueError):
+            return False
 
 
 def load_text_encoder(
@@ -438,22 +472,15 @@ def load_text_encoder(
     requested_by: str | None = None,
 ) -> LoadedTextEncoder:
     """``AutoModel`` + ``AutoTokenizer`` of a local folder, through the pool."""
-    path = _folder(folder)
-    requested_by = requester(requested_by)
 
-    def load() -> LoadedTextEncoder:
+    def build(path: Path, safe: dict[str, Any]) -> LoadedTextEncoder:
         from transformers import AutoModel, AutoTokenizer
 
-        if not path.is_dir():
-            raise _missing(path, "text encoder", requested_by)
-        safe = safe_load_kwargs(path, allow_pickle=allow_pickle, requested_by=requested_by)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True, **safe).eval()
-        return LoadedTextEncoder(model, tokenizer)
+        return LoadedTextEncoder(AutoModel.from_pretrained(path, local_files_only=True, **safe).eval(), tokenizer)
 
-    return resolve_pool(pool).get(
-        str(path), load, cls="transformers:encoder", allow_pickle=allow_pickle, requested_by=requested_by
-    )
+    return _pooled(folder, build, what="text encoder", cls="transformers:encoder", pool=pool,
+                   allow_pickle=allow_pickle, requested_by=requested_by)
 
 
 class TransformersEmbeddings(BaseModel, Embeddings):
@@ -487,13 +514,12 @@ class TransformersEmbeddings(BaseModel, Embeddings):
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("embed_documents takes a list of strings")
         loaded = self.encoder()
-        limit = self.max_length or min(int(getattr(loaded.tokenizer, "model_max_length", 512) or 512),
-                                       int(getattr(loaded.model.config, "max_position_embeddings", 512) or 512))
+        limit = self.max_length or loaded.max_length
         vectors: list[list[float]] = []
         for start in range(0, len(texts), self.batch_size):
             batch = texts[start : start + self.batch_size]
             encoded = loaded.tokenizer(batch, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-            if "token_type_ids" not in _forward_args(loaded.model):
+            if not loaded.takes_token_type_ids:
                 encoded.pop("token_type_ids", None)
             with torch.inference_mode():  # no state changes: threads may share the module
                 hidden = loaded.model(**encoded).last_hidden_state
@@ -512,15 +538,6 @@ class TransformersEmbeddings(BaseModel, Embeddings):
 
     async def aembed_query(self, text: str) -> list[float]:
         return await asyncio.to_thread(self.embed_query, text)
-
-
-def _forward_args(model: Any) -> set[str]:
-    import inspect
-
-    try:
-        return set(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        return set()
 
 
 class EmbeddingArgs(BaseModel):
@@ -542,7 +559,7 @@ def embedding_tool(
     raw vectors are the artifact."""
     emb = embeddings if isinstance(embeddings, Embeddings) else TransformersEmbeddings(embeddings, pool=pool)
 
-    def rank(texts: list[str], query: str | None, vectors: list[list[float]], q: list[float] | None) -> str:
+    def rank(texts: list[str], vectors: list[list[float]], q: list[float] | None) -> str:
         if q is None:
             return json.dumps({"dim": len(vectors[0]) if vectors else 0,
                                "vectors": [[round(x, 6) for x in v] for v in vectors]})
@@ -553,12 +570,12 @@ def embedding_tool(
     def run(texts: list[str], query: str | None = None) -> tuple[str, list[list[float]]]:
         vectors = emb.embed_documents(list(texts))
         q = emb.embed_query(query) if query is not None else None
-        return rank(texts, query, vectors, q), vectors
+        return rank(texts, vectors, q), vectors
 
     async def arun(texts: list[str], query: str | None = None) -> tuple[str, list[list[float]]]:
         vectors = await emb.aembed_documents(list(texts))
         q = await emb.aembed_query(query) if query is not None else None
-        return rank(texts, query, vectors, q), vectors
+        return rank(texts, vectors, q), vectors
 
     return _local_tool(
         run,

@@ -831,8 +831,7 @@ class DiffusersTextToImage:
 
         from worldgen.local_models.safety import safe_load_kwargs
 
-        safe = safe_load_kwargs(self.folder, allow_pickle=self.allow_pickle, requested_by=self.name,
-                                library="diffusers", components=True)
+        safe = safe_load_kwargs(self.folder, allow_pickle=self.allow_pickle, requested_by=self.name)
         try:
             pipe = DiffusionPipeline.from_pretrained(
                 str(self.folder),

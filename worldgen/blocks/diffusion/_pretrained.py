@@ -88,11 +88,8 @@ def load_component(
 
     def load() -> Any:
         folder = component_folder(settings.model_id, subfolder)
-        safe = safe_load_kwargs(
-            folder / subfolder, ref=f"{settings.model_id}/{subfolder}", allow_pickle=settings.allow_pickle,
-            requested_by=requested_by,
-            library="diffusers" if isinstance(cls, type) and issubclass(cls, ModelMixin) else "transformers",
-        )
+        safe = safe_load_kwargs(folder / subfolder, ref=f"{settings.model_id}/{subfolder}",
+                                allow_pickle=settings.allow_pickle, requested_by=requested_by)
         call = dict(kwargs)
         if "use_safetensors" in call or safe["use_safetensors"] is False:
             call.update(safe)
