@@ -36,7 +36,7 @@ from worldgen.tools.local_models import (
     load_image_to_text,
     local_chat_model,
     text_generation_tool,
-    text_to_image_tool,
+    text_to_image_graph_tool,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -144,7 +144,7 @@ def loads_of(pool: ModelPool, folder: Path) -> list[dict]:
 def test_each_tool_has_a_typed_argument_schema(tiny_llm: Path, tiny_bert: Path, tiny_blip: Path,
                                                tiny_sd: Path, pool: ModelPool) -> None:
     tools = {
-        TextToImageToolArgs: text_to_image_tool(tiny_sd),
+        TextToImageToolArgs: text_to_image_graph_tool(tiny_sd),
         TextGenerationArgs: text_generation_tool(tiny_llm),
         ImageDescriptionArgs: image_description_tool(tiny_blip),
         EmbeddingArgs: embedding_tool(tiny_bert),
@@ -172,7 +172,7 @@ def test_each_tool_has_a_typed_argument_schema(tiny_llm: Path, tiny_bert: Path, 
 
 # ----------------------------------------------------------------------- text → image
 def test_text_to_image_tool_runs_the_graph_and_writes_a_png(tiny_sd: Path, tmp_path: Path, pool: ModelPool) -> None:
-    tool = text_to_image_tool(tiny_sd, output_dir=tmp_path / "out", num_inference_steps=2, height=32, width=32)
+    tool = text_to_image_graph_tool(tiny_sd, output_dir=tmp_path / "out", num_inference_steps=2, height=32, width=32)
     path = Path(tool.invoke({"prompt": "a red cube", "seed": 3}))
     assert path.parent == tmp_path / "out" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Image.open(path).size == (32, 32)
@@ -186,7 +186,7 @@ def test_text_to_image_tool_runs_the_graph_and_writes_a_png(tiny_sd: Path, tmp_p
     assert isinstance(message.artifact, Image.Image) and message.artifact.info["seed"] == 3
 
     # base64 output, and a second tool on the same checkpoint: no new loads, same pixels
-    b64 = text_to_image_tool(tiny_sd, output="base64", num_inference_steps=2, height=32, width=32)
+    b64 = text_to_image_graph_tool(tiny_sd, output="base64", num_inference_steps=2, height=32, width=32)
     url = b64.invoke({"prompt": "a red cube", "seed": 3})
     assert url.startswith("data:image/png;base64,")
     assert base64.b64decode(url.split(",", 1)[1]) == path.read_bytes()
@@ -329,7 +329,7 @@ def test_a_missing_folder_names_the_ref_and_the_tool(tmp_path: Path, picture: Pa
     with pytest.raises(ModelNotFoundError, match="no-such-model.*local_chat_model"):
         local_chat_model(missing)
     with pytest.raises(ModelNotFoundError, match="no-such-model.*tool 'local_text_to_image'"):
-        text_to_image_tool(missing).invoke({"prompt": "a hill"})
+        text_to_image_graph_tool(missing).invoke({"prompt": "a hill"})
     assert pool.stats()["models"] == []
 
 
@@ -431,6 +431,6 @@ def test_pickle_only_diffusers_component_is_refused(tiny_sd: Path, tmp_path: Pat
 def test_a_tool_given_a_pool_loads_into_it(tiny_bert: Path, tiny_sd: Path, pool: ModelPool) -> None:
     private = ModelPool()
     embedding_tool(tiny_bert, pool=private).invoke({"texts": ["a"]})
-    text_to_image_tool(tiny_sd, pool=private, num_inference_steps=1, height=32, width=32,
+    text_to_image_graph_tool(tiny_sd, pool=private, num_inference_steps=1, height=32, width=32,
                        output="base64").invoke({"prompt": "a hill"})
     assert private.stats()["loads"] == 5 and pool.stats()["loads"] == 0

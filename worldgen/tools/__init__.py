@@ -1,8 +1,6 @@
-"""Tools the world's agents use: image generation, pixel-level image analysis, and local
-models (text generation, image description, embeddings) as LangChain tools.
-
-``worldgen.tools.local_models.text_to_image_tool`` (the text_to_image *graph* on a diffusers
-folder) is not re-exported here: its name would shadow the renderer tool below."""
+"""Tools the world's agents use: image generation (a renderer as a tool, or the
+text_to_image graph on a diffusers folder), pixel-level image analysis, and local models
+(text generation, image description, embeddings) as LangChain tools."""
 
 from worldgen.tools.image_analysis import ImageFacts, analyse_image, describe_image
 from worldgen.tools.local_models import (
@@ -11,6 +9,7 @@ from worldgen.tools.local_models import (
     image_description_tool,
     local_chat_model,
     text_generation_tool,
+    text_to_image_graph_tool,
 )
 from worldgen.tools.text_to_image import (
     DiffusersTextToImage,
@@ -26,6 +25,7 @@ __all__ = [
     "DiffusersTextToImage",
     "resolve_text_to_image",
     "text_to_image_tool",
+    "text_to_image_graph_tool",
     "ImageFacts",
     "analyse_image",
     "describe_image",

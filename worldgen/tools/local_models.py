@@ -7,7 +7,7 @@ a typed pydantic argument schema (the ``*Args`` classes), runs synchronously wit
 ``invoke`` and off the event loop with ``ainvoke`` (the load and the forward pass run in a
 worker thread: LangGraph's dev server rejects blocking calls on the loop).
 
-* `text_to_image_tool(checkpoint)`: the ``text_to_image`` graph template on a local
+* `text_to_image_graph_tool(checkpoint)`: the ``text_to_image`` graph template on a local
   diffusers folder; returns a PNG path (or a base64 data URL), the PIL image as artifact.
 * `text_generation_tool(folder)`: a transformers causal LM with its chat template, through
   `ChatTransformers.from_pretrained`; `local_chat_model(folder)` is the same model as a
@@ -75,7 +75,7 @@ __all__ = [
     "load_text_encoder",
     "local_chat_model",
     "text_generation_tool",
-    "text_to_image_tool",
+    "text_to_image_graph_tool",
 ]
 
 _MAX_IMAGE_SIDE = 1024
@@ -142,14 +142,14 @@ def _pooled(
 
 # =============================================================== text → image (graph)
 class TextToImageToolArgs(BaseModel):
-    """Arguments of `text_to_image_tool`."""
+    """Arguments of `text_to_image_graph_tool`."""
 
     prompt: str = Field(min_length=1, max_length=2000, description="What the picture shows: subjects, setting, light, style.")
     negative_prompt: str = Field("", max_length=2000, description="What the picture must not show (with guidance only).")
     seed: int | None = Field(None, ge=0, lt=2**63, description="Fix for a reproducible image; omit to derive it from the prompt.")
 
 
-def text_to_image_tool(
+def text_to_image_graph_tool(
     checkpoint: str | os.PathLike[str],
     *,
     name: str = "local_text_to_image",
