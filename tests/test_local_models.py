@@ -540,3 +540,10 @@ def test_smollm2_agentic_canon_world_two_passes(smollm2_cold, monkeypatch: pytes
         assert all(r.tool_calls > 0 or r.fallback for r in records)  # a call happened, or a stated fallback
         assert sum(r.tool_calls for r in records) >= 1
         assert set(choices) <= {"agent", "default"}
+
+
+def test_from_pretrained_names_a_missing_folder_at_once(tmp_path) -> None:
+    from worldgen.local_models.chat_model import ChatTransformers
+
+    with pytest.raises(FileNotFoundError, match="is not a model folder"):
+        ChatTransformers.from_pretrained(tmp_path / "nowhere")

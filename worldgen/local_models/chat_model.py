@@ -140,6 +140,9 @@ class ChatTransformers(BaseChatModel):
         ``torch.load(weights_only=True)``)."""
         from worldgen.local_models.gguf import load_pretrained
 
+        if not os.path.isdir(folder):  # fail here, not at the first message
+            raise FileNotFoundError(f"ChatTransformers.from_pretrained: {str(folder)!r} is not a model folder")
+
         def loader() -> tuple[Any, Any]:
             loaded = load_pretrained(folder, pool=pool, allow_pickle=allow_pickle,
                                      requested_by=f"ChatTransformers({str(folder)!r})")
