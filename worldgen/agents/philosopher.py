@@ -7,7 +7,6 @@ pixels; a text is read and summarised by the chat model.
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -43,7 +42,9 @@ class Philosopher:
 
     def _describe_image(self, data: bytes, path: Any) -> str:
         if self.accepts_images and self.llm is not None:
-            url = "data:image/png;base64," + base64.b64encode(data).decode()
+            from worldgen.blocks.api import image_data_url  # the MIME type from the bytes
+
+            url = image_data_url(data)
             content = [
                 {"type": "text", "text": "Describe what this image shows."},
                 {"type": "image_url", "image_url": {"url": url}},
