@@ -119,6 +119,21 @@ def pool():
     set_default_pool(old)
 
 
+def chain_graph(graph_id: str, first: Any, second: Any, ids: tuple[str, str] = ("a", "b")) -> Any:
+    """``x → first → second → y``: the two-block graph the level tests build pipelines and
+    stages from."""
+    from worldgen.engine import Graph
+
+    a, b = ids
+    graph = Graph(graph_id)
+    graph.add_node(a, first)
+    graph.add_node(b, second)
+    graph.add_edge(a, "y", b, "x")
+    graph.expose_input(a, "x", "x")
+    graph.expose_output(b, "y", "y")
+    return graph
+
+
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Stable Diffusion checkpoint (diffusers layout, safetensors), built once."""

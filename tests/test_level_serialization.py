@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import chain_graph
 from worldgen.blocks import Block, BlockRegistry, Port, input_port, output_port
 from worldgen.blocks.torch_block import TorchBlock
 from worldgen.engine import Graph
@@ -70,16 +71,6 @@ def registry() -> BlockRegistry:
     return reg
 
 
-def _chain(graph_id: str, first: Block, second: Block) -> Graph:
-    graph = Graph(graph_id)
-    graph.add_node("a", first)
-    graph.add_node("b", second)
-    graph.add_edge("a", "y", "b", "x")
-    graph.expose_input("a", "x", "x")
-    graph.expose_output("b", "y", "y")
-    return graph
-
-
 def _trained_blocks(registry: BlockRegistry) -> tuple[Scale, Scale, Counter]:
     shared = registry.build({"block_type": "lvl/scale", "block_id": "backbone", "config": {"init": 1.0}})
     other = registry.build({"block_type": "lvl/scale", "block_id": "head", "config": {"init": 1.0}})
@@ -95,8 +86,8 @@ def _pipeline(registry: BlockRegistry) -> tuple[Pipeline, Scale]:
     """g1(backbone → counter) → g2(backbone → head); backbone shared by both graphs."""
     shared, other, counter = _trained_blocks(registry)
     pipeline = Pipeline("pipe")
-    pipeline.add_graph(_chain("g1", shared, counter))
-    pipeline.add_graph(_chain("g2", shared, other))
+    pipeline.add_graph(chain_graph("g1", shared, counter))
+    pipeline.add_graph(chain_graph("g2", shared, other))
     pipeline.add_edge("g1", "y", "g2", "x")
     pipeline.expose_input("g1", "x", "x")
     pipeline.expose_output("g2", "y", "out")
@@ -144,7 +135,7 @@ def test_pipeline_config_file_and_bare_graph_entries(registry: BlockRegistry, tm
     assert Pipeline.from_config(path, registry=registry).to_config() == pipeline.to_config()
 
     # a graph entry may be a bare graph config, or {ref: file} relative to the config file
-    graph = _chain("g", registry.build({"block_type": "lvl/counter"}), registry.build({"block_type": "lvl/counter"}))
+    graph = chain_graph("g", registry.build({"block_type": "lvl/counter"}), registry.build({"block_type": "lvl/counter"}))
     graph.save_config(tmp_path / "g.json")
     raw = {"pipeline_id": "p", "graphs": {"bare": graph.to_config(), "byref": {"ref": "g.json"}},
            "edges": [{"source_node": "bare", "source_port": "y", "target_node": "byref", "target_port": "x"}],
@@ -250,8 +241,8 @@ def test_pipeline_config_errors(registry: BlockRegistry, tmp_path: Path) -> None
     assert any("edges.0" in note for note in info.value.__notes__)
     # two different blocks with one block_id in two graphs would merge on load: refuse
     p = Pipeline("p")
-    p.add_graph(_chain("g1", Counter("same"), Counter("c1")))
-    p.add_graph(_chain("g2", Counter("same"), Counter("c2")))
+    p.add_graph(chain_graph("g1", Counter("same"), Counter("c1")))
+    p.add_graph(chain_graph("g2", Counter("same"), Counter("c2")))
     with pytest.raises(ConfigError, match=r"'g1\.a' and 'g2\.a' hold different blocks .*'same'"):
         p.to_config()
     with pytest.raises(ConfigError, match="same block_id"):
@@ -263,7 +254,7 @@ def _stage(registry: BlockRegistry) -> tuple[StageGraph, Pipeline]:
     pipeline, _ = _pipeline(registry)
     second = Pipeline("post")
     backbone = pipeline.get_graph("g1").get_node("a").block  # shared with the first pipeline
-    second.add_graph(_chain("g3", backbone, Counter("post_counter")))
+    second.add_graph(chain_graph("g3", backbone, Counter("post_counter")))
     second.expose_input("g3", "x", "x")
     second.expose_output("g3", "y", "y")
     stage = StageGraph("st", description="two pipelines")
@@ -304,7 +295,7 @@ def test_stage_config_round_trip(registry: BlockRegistry) -> None:
 
 def test_stage_default_contract_round_trips(registry: BlockRegistry) -> None:
     stage = StageGraph("plain")
-    stage.add_pipeline(_chain("g", Counter("c1"), Counter("c2")))
+    stage.add_pipeline(chain_graph("g", Counter("c1"), Counter("c2")))
     stage.set_state_contract([1], [5])
     config = stage.to_config()
     assert "role" not in config and config["state_contract"] == {"input_blocks": [1], "output_blocks": [5]}
@@ -337,7 +328,7 @@ def test_stage_save_load(registry: BlockRegistry, tmp_path: Path) -> None:
 
 def test_stage_with_runnable_or_converter_does_not_serialize(registry: BlockRegistry, tmp_path: Path) -> None:
     stage = StageGraph("mixed")
-    stage.add_pipeline(_chain("g", Counter("c1"), Counter("c2")))
+    stage.add_pipeline(chain_graph("g", Counter("c1"), Counter("c2")))
     stage.add_runnable(lambda d: {"z": d["y"]}, "post", inputs=["y"], outputs=["z"])
     stage.add_edge("g", "y", "post", "y")
     stage.set_state_contract([1], [5])
@@ -347,7 +338,7 @@ def test_stage_with_runnable_or_converter_does_not_serialize(registry: BlockRegi
         stage.save(tmp_path / "s")
 
     conv = StageGraph("conv")
-    conv.add_pipeline(_chain("g", Counter("c1"), Counter("c2")))
+    conv.add_pipeline(chain_graph("g", Counter("c1"), Counter("c2")))
     conv.set_state_contract([1], [5], mapping_input=[("block1", "g", "x", float)])
     with pytest.raises(ConfigError, match=r"mapping_input\[0\].*converter"):
         conv.to_config()

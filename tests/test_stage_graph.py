@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tests.conftest import chain_graph
 from worldgen import World
 from worldgen.blocks import Block, Port, PortType, input_port, output_port
 from worldgen.engine import Graph, Pipeline
@@ -397,13 +398,7 @@ def _training_stage() -> tuple[StageGraph, Lin, Lin, Lin]:
     shared, own_a, own_b = Lin("shared"), Lin("own_a", config={"w": 3.0}), Lin("own_b", config={"w": 5.0})
     sg = StageGraph("trainer")
     for nid, own in (("a", own_a), ("b", own_b)):
-        graph = Graph(nid)
-        graph.add_node("s", shared)
-        graph.add_node("o", own)
-        graph.add_edge("s", "y", "o", "x")
-        graph.expose_input("s", "x", "x")
-        graph.expose_output("o", "y", "y")
-        sg.add_pipeline(graph, nid)
+        sg.add_pipeline(chain_graph(nid, shared, own, ids=("s", "o")), nid)
     sg.set_state_contract([1], [5], mapping_input=[("block1", "a", "x"), ("block1", "b", "x")],
                           mapping_output=[("block5", "a", "y")])
     return sg, shared, own_a, own_b
